@@ -1,0 +1,14 @@
+"""E-Sort, an end-to-end neural-network spike sorter, as a SpikeInterface sorter plugin.
+
+Importing this package registers the ``"esort"`` sorter with SpikeInterface, so that
+``spikeinterface.sorters.run_sorter("esort", recording, folder=...)`` works.
+"""
+
+__version__ = "0.1.0"
+
+from .sorter import ESortSorter  # noqa: E402
+from .registration import register  # noqa: E402
+
+register()
+
+__all__ = ["ESortSorter", "register", "__version__"]

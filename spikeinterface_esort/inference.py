@@ -1,0 +1,106 @@
+"""Inference: run a trained model over a whole recording, chunk by chunk.
+
+Each chunk of ``chunk_duration`` is read with the margins the network window and the
+smoothing need, so the spikes found chunk by chunk are exactly those a dense
+evaluation of the whole segment finds. Outside the recording, traces are zero.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from spikeinterface.core import BaseRecording
+from spikeinterface.core.job_tools import ensure_chunk_size
+from tqdm.auto import tqdm
+
+from .model import ESortModel
+
+
+@dataclass
+class DetectedSpikes:
+    """Spikes of one recording: sample index, segment index, unit index into the model's
+    unit ids, and smoothed network probability; sorted by segment then time."""
+
+    sample_index: np.ndarray
+    segment_index: np.ndarray
+    unit_index: np.ndarray
+    probability: np.ndarray
+    timings: dict = field(default_factory=dict)
+
+
+def read_block(recording: BaseRecording, start: int, stop: int, segment_index: int) -> np.ndarray:
+    """Traces (samples, channels) of frames [start, stop), zero outside the segment."""
+    num_samples = recording.get_num_samples(segment_index)
+    lo, hi = max(start, 0), min(stop, num_samples)
+    traces = recording.get_traces(segment_index=segment_index, start_frame=lo, end_frame=hi, return_in_uV=False)
+    if lo == start and hi == stop:
+        return traces
+    block = np.zeros((stop - start, recording.get_num_channels()), dtype=traces.dtype)
+    block[lo - start : lo - start + traces.shape[0]] = traces
+    return block
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def detect_in_recording(
+    model: ESortModel,
+    recording: BaseRecording,
+    chunk_duration: str | float = "1s",
+    progress_bar: bool = True,
+    segment_indices: list[int] | None = None,
+    frame_range: tuple[int, int] | None = None,
+    thresholds: np.ndarray | None = None,
+) -> DetectedSpikes:
+    """Spikes of every segment of a preprocessed ``recording`` (or of ``frame_range`` of the given segments).
+
+    Timings (s) of reading/preprocessing, network and post-processing are summed in ``timings``.
+    """
+    device = model.device
+    chunk_size = ensure_chunk_size(recording, chunk_duration=chunk_duration)
+    if segment_indices is None:
+        segment_indices = list(range(recording.get_num_segments()))
+    jobs = []
+    for segment_index in segment_indices:
+        start, stop = frame_range if frame_range is not None else (0, recording.get_num_samples(segment_index))
+        for chunk_start in range(start, stop, chunk_size):
+            jobs.append((segment_index, chunk_start, min(chunk_start + chunk_size, stop)))
+
+    timings = dict(read_s=0.0, network_s=0.0, postprocessing_s=0.0)
+    out_samples, out_segments, out_units, out_probs = [], [], [], []
+    for segment_index, chunk_start, chunk_stop in tqdm(
+        jobs, desc="esort inference", unit="chunk", disable=not progress_bar
+    ):
+        t0 = time.perf_counter()
+        block = read_block(recording, chunk_start - model.margin_before, chunk_stop + model.margin_after, segment_index)
+        traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
+        t1 = time.perf_counter()
+        probabilities = model.probabilities(traces)
+        _sync(device)
+        t2 = time.perf_counter()
+        units, samples, probs = model.spikes(probabilities, thresholds)
+        _sync(device)
+        t3 = time.perf_counter()
+        timings["read_s"] += t1 - t0
+        timings["network_s"] += t2 - t1
+        timings["postprocessing_s"] += t3 - t2
+        out_samples.append(samples.cpu().numpy().astype(np.int64) + chunk_start - model.margin_before)
+        out_units.append(units.cpu().numpy().astype(np.int64))
+        out_probs.append(probs.cpu().numpy().astype(np.float32))
+        out_segments.append(np.full(len(out_samples[-1]), segment_index, dtype=np.int64))
+
+    if not jobs:
+        empty = np.zeros(0, dtype=np.int64)
+        return DetectedSpikes(empty, empty, empty, np.zeros(0, dtype=np.float32), timings)
+    sample_index, segment_index, unit_index, probability = (
+        np.concatenate(x) for x in (out_samples, out_segments, out_units, out_probs)
+    )
+    order = np.lexsort((unit_index, sample_index, segment_index))
+    return DetectedSpikes(
+        sample_index[order], segment_index[order], unit_index[order], probability[order], timings
+    )

@@ -1,0 +1,150 @@
+"""``ESortModel``: a trained E-Sort network and everything needed to apply it.
+
+The model keeps the network, the recording properties it was trained for (sampling
+rate, channel ids and locations, per-channel noise levels used to normalise traces),
+the unit ids of its head, and the per-unit detection thresholds chosen on annotated
+data. It saves as ``weights.pt`` (a ``state_dict``, loaded with ``weights_only=True``)
+plus ``model.json`` (no pickled code).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .network import ESortNetwork
+from .postprocessing import detect_spikes, detection_margin, triangular_kernel
+
+MODEL_FORMAT_VERSION = 1
+
+
+class ESortModel:
+    """A trained E-Sort network with its recording metadata and detection thresholds."""
+
+    def __init__(
+        self,
+        network: ESortNetwork,
+        sampling_frequency: float,
+        channel_ids: np.ndarray,
+        channel_locations: np.ndarray,
+        noise_levels: np.ndarray,
+        unit_ids: np.ndarray,
+        smoothing_taps: int,
+        thresholds: np.ndarray | None = None,
+        preprocessing: dict | None = None,
+        validation: dict | None = None,
+    ):
+        self.network = network
+        self.sampling_frequency = float(sampling_frequency)
+        self.channel_ids = np.asarray(channel_ids)
+        self.channel_locations = np.asarray(channel_locations, dtype="float64")
+        self.noise_levels = np.asarray(noise_levels, dtype="float32")
+        self.unit_ids = np.asarray(unit_ids)
+        self.smoothing_taps = int(smoothing_taps)
+        self.thresholds = (
+            np.full(len(self.unit_ids), 0.5, dtype="float32") if thresholds is None else np.asarray(thresholds, "float32")
+        )
+        self.preprocessing = dict(preprocessing or {})
+        self.validation = validation or {}
+        self._kernel = triangular_kernel(self.smoothing_taps)
+
+    # geometry of a detection block ------------------------------------------------------
+    @property
+    def window_samples(self) -> int:
+        return self.network.window_samples
+
+    @property
+    def margin_before(self) -> int:
+        """Trace samples needed before the first sample where spikes are detected."""
+        return self.network.window_center + detection_margin(self.smoothing_taps)
+
+    @property
+    def margin_after(self) -> int:
+        """Trace samples needed after the last sample where spikes are detected."""
+        return self.window_samples - 1 - self.network.window_center + detection_margin(self.smoothing_taps)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
+    def to(self, device: str | torch.device) -> "ESortModel":
+        self.network.to(device)
+        return self
+
+    # inference ---------------------------------------------------------------------------
+    def normalise(self, traces: torch.Tensor) -> torch.Tensor:
+        """Divide (samples, channels) traces by each channel's noise level and return (channels, samples)."""
+        noise = torch.as_tensor(self.noise_levels, device=traces.device)
+        return (traces.to(torch.float32) / noise).T
+
+    @torch.no_grad()
+    def probabilities(self, traces: torch.Tensor) -> torch.Tensor:
+        """Firing probabilities (units, samples - window_samples + 1) of a block of preprocessed traces
+        (samples, channels); index i is centred on block sample i + network.window_center."""
+        self.network.eval()
+        return torch.sigmoid(self.network(self.normalise(traces).unsqueeze(0))[0])
+
+    def spikes(
+        self, probabilities: torch.Tensor, thresholds: np.ndarray | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Post-process ``probabilities`` of a block: (unit indices, block sample indices, smoothed
+        probabilities) of the spikes at block samples ``[margin_before, samples - margin_after)``."""
+        if thresholds is None:
+            thresholds = self.thresholds
+        thresholds = torch.as_tensor(thresholds, dtype=torch.float32, device=probabilities.device)
+        units, samples, values = detect_spikes(probabilities, self._kernel, thresholds)
+        return units, samples + self.network.window_center, values
+
+    def detect(self, traces: torch.Tensor, thresholds: np.ndarray | torch.Tensor | None = None):
+        """``spikes(probabilities(traces))``: spikes in a block of preprocessed traces (samples, channels)."""
+        return self.spikes(self.probabilities(traces), thresholds)
+
+    # persistence -------------------------------------------------------------------------
+    def card(self) -> dict:
+        """JSON description of the model (everything but the weights)."""
+        return dict(
+            format_version=MODEL_FORMAT_VERSION,
+            network=self.network.config(),
+            sampling_frequency=self.sampling_frequency,
+            channel_ids=self.channel_ids.tolist(),
+            channel_locations=self.channel_locations.tolist(),
+            noise_levels=self.noise_levels.tolist(),
+            unit_ids=self.unit_ids.tolist(),
+            smoothing_taps=self.smoothing_taps,
+            thresholds=self.thresholds.tolist(),
+            preprocessing=self.preprocessing,
+            validation=self.validation,
+        )
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in self.network.state_dict().items()}, folder / "weights.pt")
+        (folder / "model.json").write_text(json.dumps(self.card(), indent=2), encoding="utf8")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "ESortModel":
+        folder = Path(folder)
+        card_file, weights_file = folder / "model.json", folder / "weights.pt"
+        if not card_file.is_file() or not weights_file.is_file():
+            raise ValueError(f"{folder} is not an esort model folder (needs model.json and weights.pt).")
+        card = json.loads(card_file.read_text(encoding="utf8"))
+        network = ESortNetwork(**card["network"])
+        network.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+        model = cls(
+            network=network,
+            sampling_frequency=card["sampling_frequency"],
+            channel_ids=np.asarray(card["channel_ids"]),
+            channel_locations=np.asarray(card["channel_locations"]),
+            noise_levels=np.asarray(card["noise_levels"]),
+            unit_ids=np.asarray(card["unit_ids"]),
+            smoothing_taps=card["smoothing_taps"],
+            thresholds=np.asarray(card["thresholds"]),
+            preprocessing=card["preprocessing"],
+            validation=card["validation"],
+        )
+        return model.to(device)

@@ -1,0 +1,224 @@
+"""The table of E-Sort parameters.
+
+Every sorter parameter is declared once, in ``PARAMETERS``, with its type, allowed
+range or choices, default, the pipeline step it belongs to and its description.
+The sorter's defaults, its ``_params_description``, the validation of user input
+and the parameter table in ``docs/parameters.md`` are all derived from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+STEPS = ("preprocessing", "annotation", "network", "training", "inference", "postprocessing", "general")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One sorter parameter.
+
+    ``types`` are the accepted Python types (``None`` in the tuple means the value may
+    be None); ``minimum``/``maximum`` bound numbers (inclusive unless ``exclusive``);
+    ``choices`` restricts strings.
+    """
+
+    name: str
+    default: Any
+    types: tuple
+    step: str
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive: bool = False
+    choices: tuple | None = None
+
+    def type_names(self) -> str:
+        return " | ".join("None" if t is None else t.__name__ for t in self.types)
+
+    def range_text(self) -> str:
+        if self.choices is not None:
+            return ", ".join(repr(c) for c in self.choices)
+        if self.minimum is None and self.maximum is None:
+            return ""
+        lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
+        hi = "inf" if self.maximum is None else f"{self.maximum:g}"
+        brackets = "()" if self.exclusive else "[]"
+        return f"{brackets[0]}{lo}, {hi}{brackets[1]}"
+
+    def check(self, value: Any) -> None:
+        """Raise ``ValueError`` naming this parameter when ``value`` is not allowed."""
+        if value is None:
+            if None in self.types:
+                return
+            raise ValueError(f"esort parameter '{self.name}' must not be None (expected {self.type_names()}).")
+        accepted = tuple(t for t in self.types if t is not None)
+        # bool is a subclass of int: accept it only where bool is declared.
+        if isinstance(value, bool) and bool not in accepted:
+            ok = False
+        elif float in accepted and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        else:
+            ok = isinstance(value, accepted)
+        if not ok:
+            raise ValueError(
+                f"esort parameter '{self.name}' must be {self.type_names()}, "
+                f"got {type(value).__name__} {value!r}."
+            )
+        if isinstance(value, str) and self.choices is not None:
+            if value not in self.choices:
+                raise ValueError(f"esort parameter '{self.name}' must be one of {self.range_text()}, got {value!r}.")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"esort parameter '{self.name}' must be finite, got {value!r}.")
+            too_low = self.minimum is not None and (
+                value <= self.minimum if self.exclusive else value < self.minimum
+            )
+            too_high = self.maximum is not None and (
+                value >= self.maximum if self.exclusive else value > self.maximum
+            )
+            if too_low or too_high:
+                raise ValueError(f"esort parameter '{self.name}' must be in {self.range_text()}, got {value!r}.")
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    # preprocessing
+    Parameter("apply_preprocessing", True, (bool,), "preprocessing",
+              "Bandpass filter (and common reference) the recording before training and inference. "
+              "Set False if the recording is already preprocessed."),
+    Parameter("freq_min", 300.0, (float,), "preprocessing",
+              "Bandpass low cut-off, in Hz.", minimum=0.0, exclusive=True),
+    Parameter("freq_max", 6000.0, (float,), "preprocessing",
+              "Bandpass high cut-off, in Hz; must be below the recording's Nyquist frequency.",
+              minimum=0.0, exclusive=True),
+    Parameter("common_reference", True, (bool,), "preprocessing",
+              "Subtract the median across channels at each sample (global common median reference)."),
+    # annotation
+    Parameter("annotation_sorting_path", None, (str, None), "annotation",
+              "Folder of a saved SpikeInterface sorting (sorting.save(folder=...)) or of a run_sorter "
+              "output, in the recording's time base: its spikes in the training window are the "
+              "annotations (a curated sorting or ground truth). When given, it wins over annotation_sorter."),
+    Parameter("annotation_sorter", "spykingcircus2", (str,), "annotation",
+              "SpikeInterface sorter run with run_sorter on the training window to annotate spikes "
+              "when annotation_sorting_path is None."),
+    Parameter("annotation_sorter_params", {}, (dict,), "annotation",
+              "Parameters passed to run_sorter for annotation_sorter."),
+    Parameter("train_start_s", 0.0, (float,), "annotation",
+              "Start of the training window in the first segment, in s.", minimum=0.0),
+    Parameter("train_duration_s", None, (float, None), "annotation",
+              "Length of the training window, in s. None: the first half of the first segment, "
+              "at most 120 s.", minimum=0.0, exclusive=True),
+    Parameter("min_spikes_per_unit", 10, (int,), "annotation",
+              "Annotated units with fewer spikes in the training window are dropped (the log lists them).",
+              minimum=1),
+    # network
+    Parameter("window_ms", 2.0, (float,), "network",
+              "Length of the window of traces the network reads around each sample, in ms "
+              "(60 samples at 30 kHz).", minimum=0.1, maximum=20.0),
+    Parameter("temporal_features", [8, 16], (list,), "network",
+              "Output sizes of the two temporal filters shared by all channels."),
+    Parameter("hidden_size", 256, (int,), "network",
+              "Output size of the spatial filter (the last backbone layer).", minimum=1),
+    # training
+    Parameter("jitter_ms", 0.17, (float,), "training",
+              "Windows centred within +-jitter_ms of an annotated spike are positives (5 samples at 30 kHz).",
+              minimum=0.0),
+    Parameter("windows_per_spike", 1, (int,), "training",
+              "Positive windows drawn per annotated spike and epoch, each at a random offset within "
+              "+-jitter_ms (the paper enumerates all 2*jitter+1 offsets every epoch).", minimum=1),
+    Parameter("negative_ratio", 1.0, (float,), "training",
+              "Negative windows (no annotated spike within +-jitter_ms) per positive window.",
+              minimum=0.0),
+    Parameter("validation_fraction", 0.2, (float,), "training",
+              "Fraction at the end of the training window held out for early stopping, threshold "
+              "choice and the validation report.", minimum=0.0, maximum=0.9, exclusive=True),
+    Parameter("epochs", 30, (int,), "training", "Maximum number of training epochs.", minimum=1),
+    Parameter("patience", 5, (int,), "training",
+              "Stop when the validation loss has not improved for this many epochs.", minimum=1),
+    Parameter("learning_rate", 0.005, (float,), "training", "Adam learning rate.",
+              minimum=0.0, exclusive=True),
+    Parameter("batch_size", 1024, (int,), "training", "Windows per training batch.", minimum=1),
+    # inference
+    Parameter("torch_device", "auto", (str,), "inference",
+              "Device for training and inference: 'auto' (CUDA when available, else CPU), 'cpu', "
+              "'cuda' or 'cuda:N'."),
+    # postprocessing
+    Parameter("smoothing_ms", 0.53, (float,), "postprocessing",
+              "Width of the triangular kernel smoothing each unit's probability trace, in ms "
+              "(17 taps at 32 kHz).", minimum=0.0),
+    Parameter("detection_threshold", "auto", (str, float), "postprocessing",
+              "Probability a smoothed local maximum must reach to be a spike. 'auto': chosen per unit "
+              "to maximise accuracy on the held-out part of the training window (never on the data "
+              "being sorted); a number in (0, 1) applies to every unit.", choices=("auto",),
+              minimum=0.0, maximum=1.0, exclusive=True),
+    Parameter("match_tolerance_ms", 0.4, (float,), "postprocessing",
+              "Tolerance for matching a detection to an annotated spike when choosing thresholds "
+              "and reporting validation scores, in ms (SpikeInterface's default delta_time).",
+              minimum=0.0, exclusive=True),
+    # general
+    Parameter("seed", 0, (int,), "general",
+              "Seed of every random draw: same recording, parameters and seed give the same sorting.",
+              minimum=0),
+    Parameter("job_kwargs", {}, (dict,), "general",
+              "n_jobs (CPU threads for torch and SpikeInterface steps; default all cores), "
+              "chunk_duration (inference chunk, default '1s'), progress_bar (default True)."),
+)
+
+PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
+
+
+def default_params() -> dict:
+    """Default value of every parameter (fresh copies of mutable values)."""
+    import copy
+
+    return {p.name: copy.deepcopy(p.default) for p in PARAMETERS}
+
+
+def params_description() -> dict:
+    """Description of every parameter, as SpikeInterface's get_sorter_params_description shows it."""
+    out = {}
+    for p in PARAMETERS:
+        text = f"{p.description} [{p.step}; {p.type_names()}"
+        if p.range_text():
+            text += f"; {p.range_text()}"
+        out[p.name] = text + f"; default {p.default!r}]"
+    return out
+
+
+def validate_params(params: dict) -> dict:
+    """Check every value against the table; raise ``ValueError`` naming the first bad parameter."""
+    unknown = sorted(set(params) - set(PARAMETERS_BY_NAME))
+    if unknown:
+        raise ValueError(f"Unknown esort parameters: {unknown}. Valid parameters: {sorted(PARAMETERS_BY_NAME)}")
+    for name, value in params.items():
+        PARAMETERS_BY_NAME[name].check(value)
+    tf = params.get("temporal_features")
+    if tf is not None and (len(tf) != 2 or not all(isinstance(v, int) and v > 0 for v in tf)):
+        raise ValueError(f"esort parameter 'temporal_features' must be two positive ints, got {tf!r}.")
+    allowed_job_keys = {"n_jobs", "chunk_duration", "chunk_size", "chunk_memory", "total_memory",
+                        "progress_bar", "pool_engine", "mp_context", "max_threads_per_worker"}
+    bad = sorted(set(params.get("job_kwargs", {})) - allowed_job_keys)
+    if bad:
+        raise ValueError(f"esort parameter 'job_kwargs' has unknown keys {bad}; allowed: {sorted(allowed_job_keys)}")
+    return params
+
+
+def parameters_markdown() -> str:
+    """The parameter table for docs/parameters.md."""
+    lines = [
+        "# E-Sort parameters",
+        "",
+        "Generated from `spikeinterface_esort/parameters.py` by "
+        "`python -m spikeinterface_esort parameters > docs/parameters.md`.",
+        "",
+        "| step | parameter | type | range | default | description |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for step in STEPS:
+        for p in PARAMETERS:
+            if p.step == step:
+                lines.append(
+                    f"| {p.step} | `{p.name}` | {p.type_names()} | {p.range_text()} | `{p.default!r}` | {p.description} |"
+                )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,177 @@
+"""``run_esort``: the whole E-Sort pipeline, one step per module.
+
+recording -> preprocessing -> annotation -> training -> validation (thresholds)
+-> inference + post-processing -> sorting. Everything it writes goes to
+``sorter_output`` (see ``docs/`` for the layout); the log is ``esort.log`` there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from spikeinterface.core import BaseRecording, NumpySorting, select_segment_recording
+from spikeinterface.core.base import minimum_spike_dtype
+from spikeinterface.core.job_tools import fix_job_kwargs
+
+from .annotation import annotate, training_window
+from .device import resolve_device, torch_threads
+from .inference import DetectedSpikes, detect_in_recording
+from .model import ESortModel
+from .network import ESortNetwork
+from .postprocessing import smoothing_taps
+from .preprocessing import estimate_noise_levels, preprocess
+from .training import load_traces, make_samplers, split_window, train_network
+from .validation import choose_thresholds
+
+logger = logging.getLogger("spikeinterface_esort")
+
+LOG_FILE_NAME = "esort.log"
+
+
+def resolve_job_kwargs(job_kwargs: dict) -> dict:
+    """SpikeInterface job kwargs; n_jobs defaults to every core (not SpikeInterface's global 1)."""
+    job_kwargs = dict(job_kwargs)
+    job_kwargs.setdefault("n_jobs", -1)
+    return fix_job_kwargs(job_kwargs)
+
+
+@contextlib.contextmanager
+def file_log(folder: Path):
+    """Send this package's log records to ``folder / esort.log`` inside the block."""
+    handler = logging.FileHandler(folder / LOG_FILE_NAME, encoding="utf8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    except Exception:
+        logger.exception("esort failed")
+        raise
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+        handler.close()
+
+
+class StepTimer:
+    """Wall time of each named pipeline step, logged as it ends."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        logger.info("%s: start", name)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+        logger.info("%s: done in %.2f s", name, self.seconds[name])
+
+
+def make_sorting(detected: DetectedSpikes, unit_ids: np.ndarray, sampling_frequency: float, num_segments: int) -> NumpySorting:
+    """A NumpySorting with one segment per recording segment, even where a segment has no spike."""
+    from spikeinterface.core.numpyextractors import SpikeVectorSortingSegment
+
+    spikes = np.zeros(len(detected.sample_index), dtype=minimum_spike_dtype)
+    spikes["sample_index"] = detected.sample_index
+    spikes["unit_index"] = detected.unit_index
+    spikes["segment_index"] = detected.segment_index
+    sorting = NumpySorting(spikes, sampling_frequency, unit_ids)
+    for segment_index in range(sorting.get_num_segments(), num_segments):
+        sorting.add_sorting_segment(SpikeVectorSortingSegment(spikes, segment_index, unit_ids))
+    return sorting
+
+
+def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str | Path, verbose: bool = False) -> NumpySorting:
+    """Sort ``recording`` with E-Sort; write the sorting, model and reports to ``sorter_output_folder``."""
+    folder = Path(sorter_output_folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    job_kwargs = resolve_job_kwargs(params["job_kwargs"])
+    progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose
+    chunk_duration = job_kwargs.get("chunk_duration", "1s")
+    device = resolve_device(params["torch_device"])
+    fs = recording.get_sampling_frequency()
+    timer = StepTimer()
+
+    with file_log(folder), torch_threads(job_kwargs["n_jobs"]):
+        logger.info(
+            "esort on %d channels, %g Hz, %d segment(s), %.1f s; device %s, %d CPU threads",
+            recording.get_num_channels(), fs, recording.get_num_segments(), recording.get_total_duration(),
+            device, job_kwargs["n_jobs"],
+        )
+        window_samples = int(round(params["window_ms"] * fs / 1000.0))
+        if window_samples < 4:
+            raise ValueError(
+                f"esort parameter 'window_ms'={params['window_ms']} gives {window_samples} samples at {fs:g} Hz; "
+                "the network needs at least 4: raise window_ms or use a higher sampling rate."
+            )
+
+        with timer("preprocessing"):
+            preprocessed = preprocess(recording, params)
+            window = training_window(recording, params)
+            split = split_window(window, params["validation_fraction"])
+            noise_levels = estimate_noise_levels(
+                select_segment_recording(preprocessed, 0).frame_slice(window.start_frame, window.end_frame),
+                seed=params["seed"],
+                progress_bar=progress_bar,
+            )
+
+        with timer("annotation"):
+            annotations = annotate(recording, window, params, folder, verbose)
+
+        with timer("training"):
+            jitter = int(round(params["jitter_ms"] * fs / 1000.0))
+            network = ESortNetwork(
+                recording.get_num_channels(), window_samples, annotations.num_units,
+                tuple(params["temporal_features"]), params["hidden_size"],
+            )
+            traces = load_traces(
+                preprocessed, window.start_frame, window.end_frame, noise_levels,
+                chunk_size=int(fs), progress_bar=progress_bar,
+            )
+            train_sampler, validation_sampler = make_samplers(annotations, split, window_samples, jitter)
+            logger.info(
+                "training: %d annotated spikes in %.1f s, %d held out in the last %.1f s; %d units, jitter +-%d samples",
+                len(train_sampler.anchor_samples), (split.split - split.start) / fs,
+                0 if validation_sampler is None else len(validation_sampler.anchor_samples),
+                (split.stop - split.split) / fs, annotations.num_units, jitter,
+            )
+            history = train_network(network, traces, train_sampler, validation_sampler, params, device, progress_bar)
+            del traces
+            model = ESortModel(
+                network, fs, recording.channel_ids, recording.get_channel_locations(), noise_levels,
+                annotations.unit_ids, smoothing_taps(params["smoothing_ms"], fs),
+                preprocessing={k: params[k] for k in ("apply_preprocessing", "freq_min", "freq_max", "common_reference")},
+            )
+
+        with timer("validation"):
+            validation = choose_thresholds(
+                model, preprocessed, annotations, (split.split, split.stop), params, chunk_duration, progress_bar
+            )
+            validation["training_history"] = history
+            model.validation = validation
+
+        with timer("inference"):
+            detected = detect_in_recording(model, preprocessed, chunk_duration, progress_bar)
+        timer.seconds.update({f"inference_{k}": v for k, v in detected.timings.items()})
+
+        sorting = make_sorting(detected, annotations.unit_ids, fs, recording.get_num_segments())
+        logger.info("sorting: %d spikes of %d units", len(detected.sample_index), len(annotations.unit_ids))
+        model.save(folder / "model")
+        np.save(folder / "spike_probabilities.npy", detected.probability)
+        (folder / "validation.json").write_text(json.dumps(validation, indent=2, default=_json_default), encoding="utf8")
+        (folder / "timings.json").write_text(json.dumps(timer.seconds, indent=2), encoding="utf8")
+        sorting.save(folder=folder / "sorting", overwrite=True)
+    return sorting
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,217 @@
+"""Training: fit the E-Sort network to annotated spikes of the training window.
+
+Recipe (Han & Wang 2024): windows centred within +-jitter samples of an annotated
+spike are positives, labelled with every unit firing there (multi-label); an equal
+number of random windows with no annotated spike within +-jitter are negatives;
+binary cross-entropy; Adam. The last ``validation_fraction`` of the training window
+is held out: its loss stops training early, and it is where ``validation`` later
+chooses the detection thresholds.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from spikeinterface.core import BaseRecording
+from tqdm.auto import tqdm
+
+from .annotation import Annotations, TrainingWindow
+from .inference import read_block
+from .network import ESortNetwork
+
+logger = logging.getLogger("spikeinterface_esort")
+
+
+@dataclass
+class TrainingSplit:
+    """Frames of segment 0: training part ``[start, split)``, validation part ``[split, stop)``."""
+
+    start: int
+    split: int
+    stop: int
+
+
+def split_window(window: TrainingWindow, validation_fraction: float) -> TrainingSplit:
+    split = window.start_frame + int(round(window.num_samples * (1.0 - validation_fraction)))
+    return TrainingSplit(window.start_frame, split, window.end_frame)
+
+
+def load_traces(
+    recording: BaseRecording, start: int, stop: int, noise_levels: np.ndarray, chunk_size: int, progress_bar: bool
+) -> torch.Tensor:
+    """Noise-normalised traces (samples, channels) of frames [start, stop) of segment 0, as float16."""
+    out = torch.empty((stop - start, recording.get_num_channels()), dtype=torch.float16)
+    scale = (1.0 / noise_levels).astype("float32")
+    for s in tqdm(range(start, stop, chunk_size), desc="esort training traces", unit="chunk", disable=not progress_bar):
+        e = min(s + chunk_size, stop)
+        block = read_block(recording, s, e, segment_index=0).astype("float32") * scale
+        out[s - start : e - start] = torch.from_numpy(block)
+    return out
+
+
+class WindowSampler:
+    """Draws labelled window centres from the annotated spikes of one part of the training window.
+
+    ``spike_samples`` are sorted positions in the traces tensor; centres are kept where the
+    whole window lies in ``[lo, hi)``.
+    """
+
+    def __init__(
+        self,
+        spike_samples: np.ndarray,
+        spike_units: np.ndarray,
+        num_units: int,
+        lo: int,
+        hi: int,
+        window_samples: int,
+        jitter: int,
+    ):
+        self.spike_samples = spike_samples
+        self.spike_units = spike_units
+        self.num_units = num_units
+        self.jitter = jitter
+        self.center_lo = lo + window_samples // 2
+        self.center_hi = hi - (window_samples - 1 - window_samples // 2)
+        inside = (spike_samples >= self.center_lo) & (spike_samples < self.center_hi)
+        self.anchor_samples = spike_samples[inside]
+
+    def _hits(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        left = np.searchsorted(self.spike_samples, centres - self.jitter, side="left")
+        right = np.searchsorted(self.spike_samples, centres + self.jitter, side="right")
+        return left, right - left
+
+    def labels(self, centres: np.ndarray) -> np.ndarray:
+        """(windows, units) float32 targets: 1 where the unit fires within +-jitter of the centre."""
+        targets = np.zeros((len(centres), self.num_units), dtype=np.float32)
+        left, counts = self._hits(centres)
+        rows = np.arange(len(centres))
+        for k in range(int(counts.max()) if len(counts) else 0):
+            has = counts > k
+            targets[rows[has], self.spike_units[left[has] + k]] = 1.0
+        return targets
+
+    def draw(
+        self, rng: np.random.Generator, windows_per_spike: int, negative_ratio: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Positive centres (each anchor spike shifted by a random offset within +-jitter) and as many
+        negative centres times ``negative_ratio``; returns (centres, targets), shuffled."""
+        anchors = np.repeat(self.anchor_samples, windows_per_spike)
+        positives = anchors + rng.integers(-self.jitter, self.jitter + 1, size=len(anchors))
+        positives = positives[(positives >= self.center_lo) & (positives < self.center_hi)]
+        num_negatives = int(round(len(positives) * negative_ratio))
+        negatives = np.zeros(0, dtype=np.int64)
+        for _ in range(100):
+            if len(negatives) >= num_negatives:
+                break
+            candidates = rng.integers(self.center_lo, self.center_hi, size=2 * (num_negatives - len(negatives)) + 16)
+            negatives = np.concatenate([negatives, candidates[self._hits(candidates)[1] == 0]])
+        centres = np.concatenate([positives, negatives[:num_negatives]]).astype(np.int64)
+        centres = centres[rng.permutation(len(centres))]
+        return centres, self.labels(centres)
+
+
+def gather_windows(traces: torch.Tensor, centres: torch.Tensor, window_samples: int) -> torch.Tensor:
+    """Windows (batch, channels, window_samples) of (samples, channels) traces centred at ``centres``."""
+    offsets = torch.arange(window_samples, device=traces.device) - window_samples // 2
+    return traces[centres[:, None] + offsets].permute(0, 2, 1).to(torch.float32)
+
+
+def _batches(num: int, batch_size: int):
+    for start in range(0, num, batch_size):
+        stop = min(start + batch_size, num)
+        if stop - start >= 2:  # BatchNorm needs two windows
+            yield start, stop
+
+
+def train_network(
+    network: ESortNetwork,
+    traces: torch.Tensor,
+    train_sampler: WindowSampler,
+    validation_sampler: WindowSampler | None,
+    params: dict,
+    device: torch.device,
+    progress_bar: bool,
+) -> dict:
+    """Fit ``network`` in place with Adam and binary cross-entropy; keep the weights of the epoch with
+    the lowest validation loss (training loss when there is no validation spike). Returns the history."""
+    rng = np.random.default_rng(params["seed"])
+    torch.manual_seed(params["seed"])
+    network.to(device)
+    traces = traces.to(device)
+    optimiser = torch.optim.Adam(network.parameters(), lr=params["learning_rate"])
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    window = network.window_samples
+
+    validation = None
+    if validation_sampler is not None and len(validation_sampler.anchor_samples) > 0:
+        v_centres, v_targets = validation_sampler.draw(rng, 1, params["negative_ratio"])
+        validation = (torch.from_numpy(v_centres).to(device), torch.from_numpy(v_targets).to(device))
+
+    history = dict(train_loss=[], validation_loss=[], epoch_s=[])
+    best_loss, best_state, best_epoch, stale = np.inf, None, -1, 0
+    epochs = tqdm(range(params["epochs"]), desc="esort training", unit="epoch", disable=not progress_bar)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        centres, targets = train_sampler.draw(rng, params["windows_per_spike"], params["negative_ratio"])
+        centres, targets = torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device)
+        network.train()
+        total, count = 0.0, 0
+        for start, stop in _batches(len(centres), params["batch_size"]):
+            logits = network(gather_windows(traces, centres[start:stop], window))[:, :, 0]
+            loss = loss_fn(logits, targets[start:stop])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * (stop - start)
+            count += stop - start
+        train_loss = total / max(count, 1)
+        validation_loss = evaluate_loss(network, traces, validation, params["batch_size"]) if validation else train_loss
+        history["train_loss"].append(train_loss)
+        history["validation_loss"].append(validation_loss)
+        history["epoch_s"].append(time.perf_counter() - t0)
+        epochs.set_postfix(train=f"{train_loss:.4f}", validation=f"{validation_loss:.4f}")
+        logger.info("training: epoch %d train loss %.5f validation loss %.5f", epoch + 1, train_loss, validation_loss)
+        if validation_loss < best_loss - 1e-6:
+            best_loss, best_epoch, stale = validation_loss, epoch, 0
+            best_state = copy.deepcopy(network.state_dict())
+        else:
+            stale += 1
+            if stale >= params["patience"]:
+                logger.info("training: early stop after epoch %d (best epoch %d)", epoch + 1, best_epoch + 1)
+                break
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.eval()
+    history["best_epoch"] = best_epoch + 1
+    history["best_validation_loss"] = float(best_loss)
+    return history
+
+
+@torch.no_grad()
+def evaluate_loss(network: ESortNetwork, traces: torch.Tensor, windows: tuple, batch_size: int) -> float:
+    centres, targets = windows
+    network.eval()
+    loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
+    total = 0.0
+    for start in range(0, len(centres), batch_size):
+        logits = network(gather_windows(traces, centres[start : start + batch_size], network.window_samples))[:, :, 0]
+        total += float(loss_fn(logits, targets[start : start + batch_size]))
+    return total / max(targets.numel(), 1)
+
+
+def make_samplers(
+    annotations: Annotations, split: TrainingSplit, window_samples: int, jitter: int
+) -> tuple[WindowSampler, WindowSampler | None]:
+    """Samplers over the traces of the whole training window (index 0 = ``split.start``)."""
+    samples = annotations.sample_index - split.start
+    args = (annotations.unit_index, annotations.num_units)
+    train = WindowSampler(samples, *args, 0, split.split - split.start, window_samples, jitter)
+    validation = None
+    if split.stop > split.split:
+        validation = WindowSampler(samples, *args, split.split - split.start, split.stop - split.start, window_samples, jitter)
+    return train, validation

@@ -1,0 +1,112 @@
+"""Validation: detection thresholds and scores from the held-out annotated data.
+
+The model runs, exactly as it will on the whole recording, over the held-out part of
+the training window. Every smoothed local maximum is a candidate; candidates are
+matched to the annotated spikes of their unit within ``match_tolerance_ms``, and each
+unit's threshold is the one that maximises its accuracy TP / (TP + FP + FN) there.
+The data being sorted is never used to choose a threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from spikeinterface.core import BaseRecording
+
+from .annotation import Annotations
+from .inference import detect_in_recording
+from .model import ESortModel
+
+logger = logging.getLogger("spikeinterface_esort")
+
+DEFAULT_THRESHOLD = 0.5
+CANDIDATE_FLOOR = 0.02
+MIN_VALIDATION_SPIKES = 3
+
+
+def match_candidates(candidates: np.ndarray, values: np.ndarray, annotated: np.ndarray, tolerance: int) -> np.ndarray:
+    """For candidate times (sorted) with probabilities ``values``, True where the candidate is the most
+    probable candidate within ``tolerance`` samples of its nearest annotated spike (sorted times)."""
+    if len(annotated) == 0 or len(candidates) == 0:
+        return np.zeros(len(candidates), dtype=bool)
+    right = np.clip(np.searchsorted(annotated, candidates), 1, len(annotated) - 1) if len(annotated) > 1 else None
+    if right is None:
+        nearest = np.zeros(len(candidates), dtype=np.int64)
+    else:
+        left = right - 1
+        nearest = np.where(np.abs(annotated[left] - candidates) <= np.abs(annotated[right] - candidates), left, right)
+    close = np.abs(annotated[nearest] - candidates) <= tolerance
+    matched = np.zeros(len(candidates), dtype=bool)
+    order = np.argsort(-values, kind="stable")
+    taken = np.zeros(len(annotated), dtype=bool)
+    for i in order[close[order]]:
+        if not taken[nearest[i]]:
+            taken[nearest[i]] = True
+            matched[i] = True
+    return matched
+
+
+def best_threshold(values: np.ndarray, matched: np.ndarray, num_annotated: int) -> float:
+    """Threshold maximising accuracy TP / (TP + FP + FN) over candidate probabilities ``values``."""
+    order = np.argsort(-values, kind="stable")
+    v, m = values[order], matched[order]
+    tp = np.cumsum(m)
+    fp = np.arange(1, len(v) + 1) - tp
+    accuracy = tp / (tp + fp + (num_annotated - tp))
+    # a cut can only fall between different values
+    last_of_value = np.r_[v[1:] != v[:-1], True]
+    accuracy = np.where(last_of_value, accuracy, -1.0)
+    k = int(np.argmax(accuracy))
+    if k + 1 < len(v):
+        return float((v[k] + v[k + 1]) / 2)
+    return float(max(v[k] - 1e-3, CANDIDATE_FLOOR))
+
+
+def choose_thresholds(
+    model: ESortModel,
+    recording: BaseRecording,
+    annotations: Annotations,
+    frame_range: tuple[int, int],
+    params: dict,
+    chunk_duration: str | float,
+    progress_bar: bool,
+) -> dict:
+    """Set ``model.thresholds`` (``detection_threshold`` 'auto') and return the validation report:
+    per unit, annotated spikes, threshold, accuracy, precision and recall on ``frame_range`` of segment 0."""
+    start, stop = frame_range
+    tolerance = int(round(params["match_tolerance_ms"] * recording.get_sampling_frequency() / 1000.0))
+    floor = np.full(annotations.num_units, CANDIDATE_FLOOR, dtype="float32")
+    detected = detect_in_recording(
+        model, recording, chunk_duration, progress_bar, segment_indices=[0], frame_range=(start, stop), thresholds=floor
+    )
+    in_range = (annotations.sample_index >= start) & (annotations.sample_index < stop)
+    fixed = params["detection_threshold"] if not isinstance(params["detection_threshold"], str) else None
+    thresholds = np.full(annotations.num_units, DEFAULT_THRESHOLD if fixed is None else fixed, dtype="float32")
+    report = []
+    for u, unit_id in enumerate(annotations.unit_ids):
+        annotated = annotations.sample_index[in_range & (annotations.unit_index == u)]
+        mine = detected.unit_index == u
+        times, values = detected.sample_index[mine], detected.probability[mine]
+        matched = match_candidates(times, values, annotated, tolerance)
+        entry = dict(unit_id=unit_id.item() if hasattr(unit_id, "item") else unit_id, validation_spikes=int(len(annotated)))
+        if fixed is None and len(annotated) >= MIN_VALIDATION_SPIKES and len(values) > 0:
+            thresholds[u] = best_threshold(values, matched, len(annotated))
+        keep = values >= thresholds[u]
+        tp, n = int(matched[keep].sum()), int(keep.sum())
+        entry.update(
+            threshold=float(thresholds[u]),
+            accuracy=tp / (n + len(annotated) - tp) if (n + len(annotated)) else float("nan"),
+            precision=tp / n if n else float("nan"),
+            recall=tp / len(annotated) if len(annotated) else float("nan"),
+        )
+        report.append(entry)
+    model.thresholds = thresholds
+    accuracies = [r["accuracy"] for r in report if r["validation_spikes"] > 0]
+    logger.info(
+        "validation: %d units, mean accuracy %.3f on %.1f s held out (thresholds %s)",
+        len(report), float(np.nanmean(accuracies)) if accuracies else float("nan"),
+        (stop - start) / recording.get_sampling_frequency(),
+        "chosen per unit" if fixed is None else f"fixed at {fixed}",
+    )
+    return dict(frame_range=[int(start), int(stop)], tolerance_samples=tolerance, units=report)
