@@ -35,17 +35,16 @@ class Parameter:
     choices: tuple | None = None
 
     def type_names(self) -> str:
-        return " | ".join("None" if t is None else t.__name__ for t in self.types)
+        return " or ".join("None" if t is None else t.__name__ for t in self.types)
 
     def range_text(self) -> str:
-        if self.choices is not None:
-            return ", ".join(repr(c) for c in self.choices)
-        if self.minimum is None and self.maximum is None:
-            return ""
-        lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
-        hi = "inf" if self.maximum is None else f"{self.maximum:g}"
-        brackets = "()" if self.exclusive else "[]"
-        return f"{brackets[0]}{lo}, {hi}{brackets[1]}"
+        parts = [] if self.choices is None else [", ".join(repr(c) for c in self.choices)]
+        if self.minimum is not None or self.maximum is not None:
+            lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
+            hi = "inf" if self.maximum is None else f"{self.maximum:g}"
+            brackets = "()" if self.exclusive else "[]"
+            parts.append(f"{brackets[0]}{lo}, {hi}{brackets[1]}")
+        return " or ".join(parts)
 
     def check(self, value: Any) -> None:
         """Raise ``ValueError`` naming this parameter when ``value`` is not allowed."""
@@ -68,7 +67,9 @@ class Parameter:
             )
         if isinstance(value, str) and self.choices is not None:
             if value not in self.choices:
-                raise ValueError(f"esort parameter '{self.name}' must be one of {self.range_text()}, got {value!r}.")
+                raise ValueError(
+                    f"esort parameter '{self.name}' must be one of {', '.join(map(repr, self.choices))}, got {value!r}."
+                )
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"esort parameter '{self.name}' must be finite, got {value!r}.")

@@ -22,10 +22,9 @@ from .annotation import annotate, training_window
 from .device import resolve_device, torch_threads
 from .inference import DetectedSpikes, detect_in_recording
 from .model import ESortModel
-from .network import ESortNetwork
 from .postprocessing import smoothing_taps
 from .preprocessing import estimate_noise_levels, preprocess
-from .training import load_traces, make_samplers, split_window, train_network
+from .training import fit_network, load_traces, split_window
 from .validation import choose_thresholds
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -126,23 +125,14 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             annotations = annotate(recording, window, params, folder, verbose)
 
         with timer("training"):
-            jitter = int(round(params["jitter_ms"] * fs / 1000.0))
-            network = ESortNetwork(
-                recording.get_num_channels(), window_samples, annotations.num_units,
-                tuple(params["temporal_features"]), params["hidden_size"],
-            )
             traces = load_traces(
                 preprocessed, window.start_frame, window.end_frame, noise_levels,
                 chunk_size=int(fs), progress_bar=progress_bar,
             )
-            train_sampler, validation_sampler = make_samplers(annotations, split, window_samples, jitter)
-            logger.info(
-                "training: %d annotated spikes in %.1f s, %d held out in the last %.1f s; %d units, jitter +-%d samples",
-                len(train_sampler.anchor_samples), (split.split - split.start) / fs,
-                0 if validation_sampler is None else len(validation_sampler.anchor_samples),
-                (split.stop - split.split) / fs, annotations.num_units, jitter,
+            jitter = int(round(params["jitter_ms"] * fs / 1000.0))
+            network, history = fit_network(
+                traces, annotations, split, window_samples, jitter, params, device, progress_bar
             )
-            history = train_network(network, traces, train_sampler, validation_sampler, params, device, progress_bar)
             del traces
             model = ESortModel(
                 network, fs, recording.channel_ids, recording.get_channel_locations(), noise_levels,

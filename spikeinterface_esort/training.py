@@ -140,7 +140,6 @@ def train_network(
     """Fit ``network`` in place with Adam and binary cross-entropy; keep the weights of the epoch with
     the lowest validation loss (training loss when there is no validation spike). Returns the history."""
     rng = np.random.default_rng(params["seed"])
-    torch.manual_seed(params["seed"])
     network.to(device)
     traces = traces.to(device)
     optimiser = torch.optim.Adam(network.parameters(), lr=params["learning_rate"])
@@ -215,3 +214,28 @@ def make_samplers(
     if split.stop > split.split:
         validation = WindowSampler(samples, *args, split.split - split.start, split.stop - split.start, window_samples, jitter)
     return train, validation
+
+
+def fit_network(
+    traces: torch.Tensor,
+    annotations: Annotations,
+    split: TrainingSplit,
+    window_samples: int,
+    jitter: int,
+    params: dict,
+    device: torch.device,
+    progress_bar: bool,
+) -> tuple[ESortNetwork, dict]:
+    """A new network for the traces' channels and the annotated units, initialised from ``seed`` and trained."""
+    torch.manual_seed(params["seed"])
+    network = ESortNetwork(
+        traces.shape[1], window_samples, annotations.num_units, tuple(params["temporal_features"]), params["hidden_size"]
+    )
+    train_sampler, validation_sampler = make_samplers(annotations, split, window_samples, jitter)
+    held_out = "" if validation_sampler is None else f", {len(validation_sampler.anchor_samples)} held out"
+    logger.info(
+        "training: %d annotated spikes of %d units%s; window %d samples, jitter +-%d samples",
+        len(train_sampler.anchor_samples), annotations.num_units, held_out, window_samples, jitter,
+    )
+    history = train_network(network, traces, train_sampler, validation_sampler, params, device, progress_bar)
+    return network, history

@@ -1,0 +1,38 @@
+"""Shared ground-truth recordings, generated once per test session with SpikeInterface's generators
+and saved to a temporary folder (in-memory generated recordings are not serialisable)."""
+
+from __future__ import annotations
+
+import pytest
+from spikeinterface.core import generate_ground_truth_recording
+
+PROBE = dict(num_columns=4, xpitch=20, ypitch=20, contact_shapes="circle", contact_shape_params={"radius": 6})
+SAMPLING_FREQUENCY = 30000.0
+
+
+def generate(folder, durations, num_channels, num_units, seed):
+    recording, sorting = generate_ground_truth_recording(
+        durations=durations, sampling_frequency=SAMPLING_FREQUENCY, num_channels=num_channels,
+        num_units=num_units, generate_probe_kwargs=PROBE, seed=seed,
+    )
+    recording = recording.save(folder=folder / "recording", n_jobs=1, progress_bar=False)
+    sorting = sorting.save(folder=folder / "ground_truth")
+    return recording, sorting, folder / "ground_truth"
+
+
+@pytest.fixture(scope="session")
+def ground_truth_recording(tmp_path_factory):
+    """40 s, 32 channels (4 columns x 8 rows, 20 um pitch), 10 units: (recording, sorting, sorting folder)."""
+    return generate(tmp_path_factory.mktemp("gt32"), [40.0], 32, 10, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_recording(tmp_path_factory):
+    """12 s, 8 channels, 4 units: for quick checks of behaviour rather than accuracy."""
+    return generate(tmp_path_factory.mktemp("gt8"), [12.0], 8, 4, seed=3)
+
+
+@pytest.fixture(scope="session")
+def multi_segment_recording(tmp_path_factory):
+    """Two segments of 20 s and 10 s, 16 channels, 6 units."""
+    return generate(tmp_path_factory.mktemp("gt16x2"), [20.0, 10.0], 16, 6, seed=5)

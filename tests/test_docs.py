@@ -1,0 +1,49 @@
+"""What the README and docs tell a user works as written."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def fenced_blocks(text, language):
+    return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+
+
+def test_ci_runs_the_readme_install_and_test_commands():
+    ci = (ROOT / ".ci" / "run").read_text()
+    install, demo, test = (block.strip() for block in fenced_blocks(README, "bash"))
+    assert install in ci and test in ci
+    assert ci.index(install) < ci.index(test)
+
+
+def test_parameters_doc_is_generated_from_the_table():
+    from spikeinterface_esort.parameters import parameters_markdown
+
+    assert (ROOT / "docs" / "parameters.md").read_text() == parameters_markdown()
+
+
+def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (code,) = fenced_blocks(README, "python")
+    exec(compile(code, "README.md quick start", "exec"), {})
+    printed = capsys.readouterr().out
+    accuracy = float(re.search(r"accuracy\s+([0-9.]+)", printed).group(1))
+    assert accuracy > 0.85, printed
+    assert (tmp_path / "quickstart" / "esort_output" / "sorter_output" / "esort.log").is_file()
+
+
+@pytest.mark.parametrize("command", [block.strip() for block in fenced_blocks(README, "bash")[1:2]])
+def test_readme_demo_command_runs(command, tmp_path):
+    args = command.split()
+    assert args[:3] == ["python", "-m", "spikeinterface_esort"]
+    result = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = re.search(r"esort \(ground_truth annotations\)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)", result.stdout)
+    assert row and float(row.group(1)) > 0.85, result.stdout
+    assert (tmp_path / "esort_demo" / "esort" / "sorter_output" / "sorting").is_dir()

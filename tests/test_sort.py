@@ -1,0 +1,82 @@
+"""The user's story: sort a generated ground-truth recording with run_sorter("esort", ...), and score
+the held-out part with SpikeInterface's compare_sorter_to_ground_truth."""
+
+import json
+
+import numpy as np
+import spikeinterface.full as si
+
+import spikeinterface_esort  # noqa: F401  (registers "esort", as a user does)
+
+
+def held_out_scores(sorting, ground_truth, start_frame):
+    comparison = si.compare_sorter_to_ground_truth(ground_truth.frame_slice(start_frame, None), sorting.frame_slice(start_frame, None))
+    perf = comparison.get_performance().astype(float)
+    return perf, float(perf["accuracy"].mean()), int((perf["accuracy"] > 0.8).sum())
+
+
+def test_sort_with_ground_truth_annotations_of_the_first_half(ground_truth_recording, tmp_path):
+    recording, ground_truth, gt_folder = ground_truth_recording
+    folder = tmp_path / "esort_output"
+    sorting = si.run_sorter(
+        "esort", recording, folder=folder, annotation_sorting_path=str(gt_folder), train_duration_s=20.0
+    )
+    half = recording.get_num_samples() // 2
+    perf, mean_accuracy, well_detected = held_out_scores(sorting, ground_truth, half)
+    assert mean_accuracy >= 0.9, perf
+    assert well_detected >= 9, perf
+    assert list(sorting.unit_ids) == list(ground_truth.unit_ids)
+
+    # everything a user needs is in the sorter folder, and SpikeInterface reads it back
+    output = folder / "sorter_output"
+    for name in ("esort.log", "validation.json", "timings.json", "spike_probabilities.npy", "model/weights.pt", "model/model.json"):
+        assert (output / name).is_file(), name
+    log = json.loads((folder / "spikeinterface_log.json").read_text())
+    assert not log["error"] and any("training: done" in line for line in log["runtime_trace"])
+    again = si.read_sorter_folder(folder)
+    np.testing.assert_array_equal(again.to_spike_vector(), sorting.to_spike_vector())
+    assert len(np.load(output / "spike_probabilities.npy")) == sorting.to_spike_vector().size
+    # thresholds were chosen on the held-out end of the training window, never on the sorted data
+    validation = json.loads((output / "validation.json").read_text())
+    assert validation["frame_range"] == [16 * 30000, 20 * 30000]
+    assert all(0.0 < unit["threshold"] < 1.0 for unit in validation["units"])
+
+
+def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path):
+    recording, ground_truth, _ = ground_truth_recording
+    folder = tmp_path / "esort_teacher"
+    sorting = si.run_sorter("esort", recording, folder=folder, train_duration_s=20.0)
+    teacher = si.read_sorter_folder(folder / "sorter_output" / "annotation_sorter")
+    assert set(sorting.unit_ids) <= set(teacher.unit_ids)
+    perf, mean_accuracy, well_detected = held_out_scores(sorting, ground_truth, recording.get_num_samples() // 2)
+    assert mean_accuracy >= 0.6, perf
+    assert well_detected >= 6, perf
+    log = (folder / "sorter_output" / "esort.log").read_text()
+    assert "from sorter spykingcircus2" in log
+
+
+def test_multi_segment_recording(multi_segment_recording, tmp_path):
+    recording, ground_truth, gt_folder = multi_segment_recording
+    sorting = si.run_sorter(
+        "esort", recording, folder=tmp_path / "out", annotation_sorting_path=str(gt_folder), train_duration_s=10.0
+    )
+    assert sorting.get_num_segments() == 2
+    spikes = sorting.to_spike_vector()
+    for segment in (0, 1):
+        in_segment = spikes[spikes["segment_index"] == segment]
+        assert in_segment["sample_index"].max() < recording.get_num_samples(segment)
+    # the second segment was never annotated: score it on its own
+    comparison = si.compare_sorter_to_ground_truth(
+        si.select_segment_sorting(ground_truth, 1), si.select_segment_sorting(sorting, 1)
+    )
+    perf = comparison.get_performance().astype(float)
+    assert perf["accuracy"].mean() >= 0.85, perf
+
+
+def test_same_seed_same_sorting(small_recording, tmp_path):
+    recording, _, gt_folder = small_recording
+    params = dict(annotation_sorting_path=str(gt_folder), train_duration_s=8.0, epochs=4, seed=7)
+    first = si.run_sorter("esort", recording, folder=tmp_path / "a", **params)
+    second = si.run_sorter("esort", recording, folder=tmp_path / "b", **params)
+    assert first.to_spike_vector().size > 50
+    np.testing.assert_array_equal(first.to_spike_vector(), second.to_spike_vector())
