@@ -126,29 +126,46 @@ def sorting_to_annotations(sorting: BaseSorting, window: TrainingWindow, offset:
     )
 
 
-def run_annotation_sorter(
-    recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool
-) -> BaseSorting:
-    """Run ``annotation_sorter`` on the training window of segment 0 with ``run_sorter``."""
-    from spikeinterface.core import select_segment_recording
-    from spikeinterface.sorters import installed_sorters, run_sorter
+def check_annotation_source(recording: BaseRecording, params: dict) -> None:
+    """Raise ``ValueError`` when the annotation sorting folder is unreadable or does not fit the recording,
+    or when the annotation sorter is not installed."""
+    from spikeinterface.sorters import installed_sorters
 
+    path = params["annotation_sorting_path"]
+    if path is not None:
+        check_sorting_matches(load_annotation_sorting(path), recording, f"annotation sorting {path}")
+        return
     name = params["annotation_sorter"]
+    if name == "esort":
+        raise ValueError("esort parameter 'annotation_sorter' cannot be 'esort' itself.")
     if name not in installed_sorters():
         raise ValueError(
             f"esort parameter 'annotation_sorter'={name!r} is not installed here; installed sorters: "
             f"{installed_sorters()}. Install it, choose another, or give 'annotation_sorting_path'."
         )
+
+
+def run_annotation_sorter(
+    recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool
+) -> BaseSorting:
+    """Run ``annotation_sorter`` on the training window of segment 0 with ``run_sorter``."""
+    from spikeinterface.core import select_segment_recording
+    from spikeinterface.sorters import run_sorter
+
+    name = params["annotation_sorter"]
     window_recording = select_segment_recording(recording, 0).frame_slice(window.start_frame, window.end_frame)
     logger.info("annotation: running %s on %.1f s of segment 0", name, window.num_samples / recording.sampling_frequency)
-    return run_sorter(
-        name,
-        window_recording,
-        folder=folder,
-        remove_existing_folder=True,
-        verbose=verbose,
-        **params["annotation_sorter_params"],
-    )
+    try:
+        return run_sorter(
+            name, window_recording, folder=folder, remove_existing_folder=True, verbose=verbose,
+            **params["annotation_sorter_params"],
+        )
+    except Exception as err:
+        raise RuntimeError(
+            f"esort: the annotation sorter {name!r} failed on the training window ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''}). Its log is in {folder}; fix its "
+            "'annotation_sorter_params', choose another 'annotation_sorter', or give 'annotation_sorting_path'."
+        ) from err
 
 
 def drop_small_units(annotations: Annotations, min_spikes: int) -> Annotations:

@@ -32,10 +32,17 @@ class DetectedSpikes:
 
 
 def read_block(recording: BaseRecording, start: int, stop: int, segment_index: int) -> np.ndarray:
-    """Traces (samples, channels) of frames [start, stop), zero outside the segment."""
+    """Traces (samples, channels) of frames [start, stop), zero outside the segment; refuses NaN and inf."""
     num_samples = recording.get_num_samples(segment_index)
     lo, hi = max(start, 0), min(stop, num_samples)
     traces = recording.get_traces(segment_index=segment_index, start_frame=lo, end_frame=hi, return_in_uV=False)
+    if traces.dtype.kind == "f" and not np.isfinite(traces).all():
+        bad = np.flatnonzero(~np.isfinite(traces).all(axis=0))
+        raise ValueError(
+            f"The recording has NaN or infinite samples in segment {segment_index}, frames {lo}-{hi}, channels "
+            f"{recording.channel_ids[bad][:10].tolist()}: remove those channels or interpolate them "
+            "(spikeinterface.preprocessing.interpolate_bad_channels) before sorting."
+        )
     if lo == start and hi == stop:
         return traces
     block = np.zeros((stop - start, recording.get_num_channels()), dtype=traces.dtype)

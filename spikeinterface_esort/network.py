@@ -21,6 +21,20 @@ import torch
 from torch import nn
 
 
+MIN_WINDOW_SAMPLES = 4
+
+
+def network_window_samples(window_ms: float, sampling_frequency: float) -> int:
+    """Window length in samples for ``window_ms`` at ``sampling_frequency`` Hz; refuses windows too short."""
+    samples = int(round(window_ms * sampling_frequency / 1000.0))
+    if samples < MIN_WINDOW_SAMPLES:
+        raise ValueError(
+            f"esort parameter 'window_ms'={window_ms} gives {samples} samples at {sampling_frequency:g} Hz; the "
+            f"network needs at least {MIN_WINDOW_SAMPLES}: raise window_ms or record at a higher sampling rate."
+        )
+    return samples
+
+
 class ESortNetwork(nn.Module):
     """E-Sort network for ``num_channels`` channels, a window of ``window_samples`` samples
     and ``num_units`` units.

@@ -18,18 +18,31 @@ from spikeinterface.core import BaseRecording, NumpySorting, select_segment_reco
 from spikeinterface.core.base import minimum_spike_dtype
 from spikeinterface.core.job_tools import fix_job_kwargs
 
-from .annotation import annotate, training_window
+from .annotation import annotate, check_annotation_source, training_window
 from .device import resolve_device, torch_threads
 from .inference import DetectedSpikes, detect_in_recording
 from .model import ESortModel
 from .postprocessing import smoothing_taps
-from .preprocessing import estimate_noise_levels, preprocess
+from .network import network_window_samples
+from .parameters import validate_params
+from .preprocessing import check_preprocessing_params, estimate_noise_levels, preprocess
 from .training import fit_network, load_traces, split_window
 from .validation import choose_thresholds
 
 logger = logging.getLogger("spikeinterface_esort")
 
 LOG_FILE_NAME = "esort.log"
+
+
+def check_inputs(recording: BaseRecording, params: dict) -> None:
+    """Every check that can fail before long work starts; each raises ``ValueError`` naming the
+    parameter or recording property to fix."""
+    validate_params(params)
+    check_preprocessing_params(recording, params)
+    network_window_samples(params["window_ms"], recording.get_sampling_frequency())
+    training_window(recording, params)
+    check_annotation_source(recording, params)
+    resolve_device(params["torch_device"])
 
 
 def resolve_job_kwargs(job_kwargs: dict) -> dict:
@@ -89,6 +102,7 @@ def make_sorting(detected: DetectedSpikes, unit_ids: np.ndarray, sampling_freque
 
 def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str | Path, verbose: bool = False) -> NumpySorting:
     """Sort ``recording`` with E-Sort; write the sorting, model and reports to ``sorter_output_folder``."""
+    check_inputs(recording, params)
     folder = Path(sorter_output_folder)
     folder.mkdir(parents=True, exist_ok=True)
     job_kwargs = resolve_job_kwargs(params["job_kwargs"])
@@ -104,12 +118,7 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             recording.get_num_channels(), fs, recording.get_num_segments(), recording.get_total_duration(),
             device, job_kwargs["n_jobs"],
         )
-        window_samples = int(round(params["window_ms"] * fs / 1000.0))
-        if window_samples < 4:
-            raise ValueError(
-                f"esort parameter 'window_ms'={params['window_ms']} gives {window_samples} samples at {fs:g} Hz; "
-                "the network needs at least 4: raise window_ms or use a higher sampling rate."
-            )
+        window_samples = network_window_samples(params["window_ms"], fs)
 
         with timer("preprocessing"):
             preprocessed = preprocess(recording, params)
@@ -157,7 +166,10 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
         np.save(folder / "spike_probabilities.npy", detected.probability)
         (folder / "validation.json").write_text(json.dumps(validation, indent=2, default=_json_default), encoding="utf8")
         (folder / "timings.json").write_text(json.dumps(timer.seconds, indent=2), encoding="utf8")
-        sorting.save(folder=folder / "sorting", overwrite=True)
+        # written under another name, then renamed: a crash never leaves a sorting that loads as complete
+        partial = folder / "sorting.partial"
+        sorting.save(folder=partial, overwrite=True)
+        partial.rename(folder / "sorting")
     return sorting
 
 

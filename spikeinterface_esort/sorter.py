@@ -9,7 +9,7 @@ from spikeinterface.core import BaseRecording, load
 from spikeinterface.sorters import BaseSorter
 
 from . import __version__
-from .parameters import default_params, params_description, validate_params
+from .parameters import default_params, params_description
 
 
 class ESortSorter(BaseSorter):
@@ -50,10 +50,9 @@ class ESortSorter(BaseSorter):
 
     @classmethod
     def _check_params(cls, recording: BaseRecording, output_folder, params: dict) -> dict:
-        from .preprocessing import check_preprocessing_params
+        from .pipeline import check_inputs
 
-        validate_params(params)
-        check_preprocessing_params(recording, params)
+        check_inputs(recording, params)
         return params
 
     @classmethod
@@ -69,7 +68,12 @@ class ESortSorter(BaseSorter):
 
     @classmethod
     def _get_result_from_folder(cls, sorter_output_folder: Path):
-        return load(Path(sorter_output_folder) / "sorting")
+        sorting_folder = Path(sorter_output_folder) / "sorting"
+        if not sorting_folder.is_dir():
+            raise FileNotFoundError(
+                f"{sorting_folder} does not exist: this esort run did not complete (see esort.log beside it)."
+            )
+        return load(sorting_folder)
 
     @classmethod
     def _check_apply_filter_in_params(cls, params: dict) -> bool:
