@@ -1,6 +1,6 @@
 """Inference: run a trained model over a whole recording, chunk by chunk.
 
-Each chunk of ``chunk_duration`` is read with the margins the network window and the
+Each chunk of ``chunk_size`` samples is read with the margins the network window and the
 smoothing need, so the spikes found chunk by chunk are exactly those a dense
 evaluation of the whole segment finds. Outside the recording, traces are zero.
 """
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from spikeinterface.core import BaseRecording
-from spikeinterface.core.job_tools import ensure_chunk_size
 from tqdm.auto import tqdm
 
 from .model import ESortModel
@@ -58,7 +57,7 @@ def _sync(device: torch.device) -> None:
 def detect_in_recording(
     model: ESortModel,
     recording: BaseRecording,
-    chunk_duration: str | float = "1s",
+    chunk_size: int,
     progress_bar: bool = True,
     segment_indices: list[int] | None = None,
     frame_range: tuple[int, int] | None = None,
@@ -69,7 +68,6 @@ def detect_in_recording(
     Timings (s) of reading/preprocessing, network and post-processing are summed in ``timings``.
     """
     device = model.device
-    chunk_size = ensure_chunk_size(recording, chunk_duration=chunk_duration)
     if segment_indices is None:
         segment_indices = list(range(recording.get_num_segments()))
     jobs = []

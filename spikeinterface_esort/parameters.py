@@ -163,7 +163,8 @@ PARAMETERS: tuple[Parameter, ...] = (
               minimum=0),
     Parameter("job_kwargs", {}, (dict,), "general",
               "n_jobs (CPU threads for torch and SpikeInterface steps; default all cores), "
-              "chunk_duration (inference chunk, default '1s'), progress_bar (default True)."),
+              "chunk_duration or chunk_size or chunk_memory (chunks read for training and inference; default \"1s\"), "
+              "progress_bar (default True; shown when run_sorter(..., verbose=True))."),
 )
 
 PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from spikeinterface.core import BaseRecording, NumpySorting, select_segment_recording
 from spikeinterface.core.base import minimum_spike_dtype
-from spikeinterface.core.job_tools import fix_job_kwargs
+from spikeinterface.core.job_tools import ensure_chunk_size, fix_job_kwargs
 
 from .annotation import annotate, check_annotation_source, training_window
 from .device import resolve_device, torch_threads
@@ -43,6 +43,12 @@ def check_inputs(recording: BaseRecording, params: dict) -> None:
     training_window(recording, params)
     check_annotation_source(recording, params)
     resolve_device(params["torch_device"])
+
+
+def chunk_size_from_job_kwargs(recording: BaseRecording, job_kwargs: dict) -> int:
+    """Chunk size in samples from chunk_size, chunk_memory, total_memory or chunk_duration, as SpikeInterface reads them."""
+    keys = ("chunk_size", "chunk_memory", "total_memory", "chunk_duration", "n_jobs")
+    return int(ensure_chunk_size(recording, **{k: job_kwargs[k] for k in keys if k in job_kwargs}))
 
 
 def resolve_job_kwargs(job_kwargs: dict) -> dict:
@@ -107,7 +113,6 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
     folder.mkdir(parents=True, exist_ok=True)
     job_kwargs = resolve_job_kwargs(params["job_kwargs"])
     progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose
-    chunk_duration = job_kwargs.get("chunk_duration", "1s")
     device = resolve_device(params["torch_device"])
     fs = recording.get_sampling_frequency()
     timer = StepTimer()
@@ -122,6 +127,7 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
 
         with timer("preprocessing"):
             preprocessed = preprocess(recording, params)
+            chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
             window = training_window(recording, params)
             split = split_window(window, params["validation_fraction"])
             noise_levels = estimate_noise_levels(
@@ -136,7 +142,7 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
         with timer("training"):
             traces = load_traces(
                 preprocessed, window.start_frame, window.end_frame, noise_levels,
-                chunk_size=int(fs), progress_bar=progress_bar,
+                chunk_size=chunk_size, progress_bar=progress_bar,
             )
             jitter = int(round(params["jitter_ms"] * fs / 1000.0))
             network, history = fit_network(
@@ -151,13 +157,13 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
 
         with timer("validation"):
             validation = choose_thresholds(
-                model, preprocessed, annotations, (split.split, split.stop), params, chunk_duration, progress_bar
+                model, preprocessed, annotations, (split.split, split.stop), params, chunk_size, progress_bar
             )
             validation["training_history"] = history
             model.validation = validation
 
         with timer("inference"):
-            detected = detect_in_recording(model, preprocessed, chunk_duration, progress_bar)
+            detected = detect_in_recording(model, preprocessed, chunk_size, progress_bar)
         timer.seconds.update({f"inference_{k}": v for k, v in detected.timings.items()})
 
         sorting = make_sorting(detected, annotations.unit_ids, fs, recording.get_num_segments())

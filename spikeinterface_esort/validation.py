@@ -30,12 +30,9 @@ def match_candidates(candidates: np.ndarray, values: np.ndarray, annotated: np.n
     probable candidate within ``tolerance`` samples of its nearest annotated spike (sorted times)."""
     if len(annotated) == 0 or len(candidates) == 0:
         return np.zeros(len(candidates), dtype=bool)
-    right = np.clip(np.searchsorted(annotated, candidates), 1, len(annotated) - 1) if len(annotated) > 1 else None
-    if right is None:
-        nearest = np.zeros(len(candidates), dtype=np.int64)
-    else:
-        left = right - 1
-        nearest = np.where(np.abs(annotated[left] - candidates) <= np.abs(annotated[right] - candidates), left, right)
+    after = np.searchsorted(annotated, candidates)
+    left, right = np.clip(after - 1, 0, len(annotated) - 1), np.clip(after, 0, len(annotated) - 1)
+    nearest = np.where(np.abs(annotated[left] - candidates) <= np.abs(annotated[right] - candidates), left, right)
     close = np.abs(annotated[nearest] - candidates) <= tolerance
     matched = np.zeros(len(candidates), dtype=bool)
     order = np.argsort(-values, kind="stable")
@@ -69,7 +66,7 @@ def choose_thresholds(
     annotations: Annotations,
     frame_range: tuple[int, int],
     params: dict,
-    chunk_duration: str | float,
+    chunk_size: int,
     progress_bar: bool,
 ) -> dict:
     """Set ``model.thresholds`` (``detection_threshold`` 'auto') and return the validation report:
@@ -78,7 +75,7 @@ def choose_thresholds(
     tolerance = int(round(params["match_tolerance_ms"] * recording.get_sampling_frequency() / 1000.0))
     floor = np.full(annotations.num_units, CANDIDATE_FLOOR, dtype="float32")
     detected = detect_in_recording(
-        model, recording, chunk_duration, progress_bar, segment_indices=[0], frame_range=(start, stop), thresholds=floor
+        model, recording, chunk_size, progress_bar, segment_indices=[0], frame_range=(start, stop), thresholds=floor
     )
     in_range = (annotations.sample_index >= start) & (annotations.sample_index < stop)
     fixed = params["detection_threshold"] if not isinstance(params["detection_threshold"], str) else None

@@ -74,7 +74,7 @@ def test_chunked_inference_equals_dense_evaluation():
         net.head.bias.fill_(2.0)  # probabilities spread over (0, 1): many local maxima
     model = ESortModel(net, fs, recording.channel_ids, np.zeros((channels, 2)), np.ones(channels), np.arange(units),
                        smoothing_taps=5, thresholds=np.full(units, 0.3))
-    chunked = detect_in_recording(model, recording, chunk_duration=0.0977, progress_bar=False)
+    chunked = detect_in_recording(model, recording, chunk_size=977, progress_bar=False)
 
     # dense: the whole segment in one block, zero-padded by the model's margins
     padded = np.zeros((len(traces) + model.margin_before + model.margin_after, channels), dtype="float32")

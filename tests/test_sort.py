@@ -58,7 +58,8 @@ def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path):
 def test_multi_segment_recording(multi_segment_recording, tmp_path):
     recording, ground_truth, gt_folder = multi_segment_recording
     sorting = si.run_sorter(
-        "esort", recording, folder=tmp_path / "out", annotation_sorting_path=str(gt_folder), train_duration_s=10.0
+        "esort", recording, folder=tmp_path / "out", annotation_sorting_path=str(gt_folder), train_duration_s=10.0,
+        job_kwargs=dict(chunk_size=7000, n_jobs=1),  # chunks that do not divide the segments
     )
     assert sorting.get_num_segments() == 2
     spikes = sorting.to_spike_vector()
