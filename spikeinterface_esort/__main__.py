@@ -5,16 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 
 def demo(args: argparse.Namespace) -> int:
     """Generate a ground-truth recording, sort it with esort, print held-out scores."""
-    import spikeinterface.sorters as ss
-
     import spikeinterface_esort  # noqa: F401  (registers "esort")
-    from spikeinterface_esort.datasets import generate_dataset, held_out_performance, summarise
+    from spikeinterface_esort.datasets import generate_dataset, sort_and_score
 
     folder = Path(args.folder).absolute()
     print(
@@ -31,26 +28,21 @@ def demo(args: argparse.Namespace) -> int:
     else:
         params["annotation_sorter"] = args.annotation
     params.update(json.loads(args.params))
-    rows = []
-    t0 = time.perf_counter()
-    sorting = ss.run_sorter(
-        "esort", recording, folder=folder / "esort", remove_existing_folder=True, verbose=args.verbose, **params
-    )
-    rows.append((f"esort ({args.annotation} annotations)", sorting, time.perf_counter() - t0))
-    for name in args.compare:
-        t0 = time.perf_counter()
-        other = ss.run_sorter(name, recording, folder=folder / name, remove_existing_folder=True, verbose=False)
-        rows.append((name, other, time.perf_counter() - t0))
 
     start_frame = int(round(half_s * recording.get_sampling_frequency()))
+    runs = [("esort", f"esort ({args.annotation} annotations)", params)] + [(name, name, {}) for name in args.compare]
+    rows = []
+    for sorter_name, label, sorter_params in runs:
+        _, scores = sort_and_score(sorter_name, recording, ground_truth, folder / sorter_name, start_frame, **sorter_params)
+        rows.append((label, scores))
+
     print(f"\nScored on the held-out {args.duration - half_s:g} s against ground truth "
           "(spikeinterface compare_sorter_to_ground_truth):")
     print(f"{'sorter':40s} {'accuracy':>9s} {'precision':>9s} {'recall':>9s} {'acc>0.8':>8s} {'time (s)':>9s}")
-    for name, result, seconds in rows:
-        s = summarise(held_out_performance(result, ground_truth, start_frame))
+    for label, s in rows:
         print(
-            f"{name:40s} {s['accuracy']:9.3f} {s['precision']:9.3f} {s['recall']:9.3f} "
-            f"{s['well_detected']:>3d}/{s['num_units']:<4d} {seconds:9.1f}"
+            f"{label:40s} {s['accuracy']:9.3f} {s['precision']:9.3f} {s['recall']:9.3f} "
+            f"{s['well_detected']:>3d}/{s['num_units']:<4d} {s['time_s']:9.1f}"
         )
     timings = json.loads((folder / "esort" / "sorter_output" / "timings.json").read_text())
     print("\nesort wall time per step (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))

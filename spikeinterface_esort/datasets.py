@@ -20,13 +20,15 @@ def generate_dataset(
     sampling_frequency: float = 30000.0,
     num_segments: int = 1,
     seed: int = 0,
+    noise_level_uv: float = 5.0,
 ) -> tuple[BaseRecording, BaseSorting]:
     """A ground-truth recording on a 4-column, 20 um pitch probe, saved (binary) under ``folder``:
-    ``folder/recording`` and ``folder/ground_truth``. Reloaded if already there."""
+    ``folder/recording`` and ``folder/ground_truth``. Reloaded if already there. ``noise_level_uv``
+    is the generator's noise level (its default, 5 uV)."""
     folder = Path(folder)
-    rec_folder, gt_folder = folder / "recording", folder / "ground_truth"
-    if rec_folder.is_dir() and gt_folder.is_dir():
-        return load(rec_folder), load(gt_folder)
+    existing = _load_saved(folder)
+    if existing is not None:
+        return existing
     recording, sorting = generate_ground_truth_recording(
         durations=[duration_s] * num_segments,
         sampling_frequency=sampling_frequency,
@@ -36,10 +38,65 @@ def generate_dataset(
             num_columns=4 if num_channels >= 8 else 1, xpitch=20, ypitch=20,
             contact_shapes="circle", contact_shape_params={"radius": 6},
         ),
+        noise_kwargs=dict(noise_levels=noise_level_uv, strategy="on_the_fly"),
         seed=seed,
     )
-    recording = recording.save(folder=rec_folder, overwrite=True, n_jobs=1, progress_bar=False)
-    sorting = sorting.save(folder=gt_folder, overwrite=True)
+    return _save(folder, recording, sorting)
+
+
+DRIFT_MODES = ("static", "zigzag", "bumps")
+
+
+def generate_drifting_dataset(
+    folder: str | Path,
+    drift_mode: str = "zigzag",
+    num_units: int = 12,
+    duration_s: float = 90.0,
+    num_columns: int = 4,
+    num_rows: int = 8,
+    drift_um: float = 15.0,
+    seed: int = 0,
+) -> tuple[BaseRecording, BaseSorting]:
+    """A recording from ``generate_drifting_recording`` on an explicit ``num_columns`` x ``num_rows``
+    probe (20 um pitch), saved under ``folder``. ``drift_mode`` 'static' is the same neurons without
+    motion; 'zigzag' moves the probe +-``drift_um`` with a 30 s period from t=0; 'bumps' jumps by up
+    to +-``drift_um`` every 10-30 s. Reloaded if already there."""
+    import numpy as np
+    from probeinterface import generate_multi_columns_probe
+    from spikeinterface.generation import generate_drifting_recording
+
+    if drift_mode not in DRIFT_MODES:
+        raise ValueError(f"drift_mode must be one of {DRIFT_MODES}, got {drift_mode!r}")
+    folder = Path(folder)
+    existing = _load_saved(folder)
+    if existing is not None:
+        return existing
+    probe = generate_multi_columns_probe(
+        num_columns=num_columns, num_contact_per_column=num_rows, xpitch=20, ypitch=20,
+        contact_shapes="circle", contact_shape_params={"radius": 6},
+    )
+    probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
+    motion = dict(drift_mode="bump" if drift_mode == "bumps" else "zigzag", non_rigid_gradient=None,
+                  t_start_drift=0.0, t_end_drift=None, period_s=30, bump_interval_s=(10.0, 30.0))
+    static, drifting, sorting = generate_drifting_recording(
+        num_units=num_units, duration=duration_s, probe=probe, seed=seed,
+        generate_displacement_vector_kwargs=dict(
+            displacement_sampling_frequency=5.0, drift_start_um=[0, drift_um], drift_stop_um=[0, -drift_um],
+            drift_step_um=1, motion_list=[motion],
+        ),
+    )
+    return _save(folder, static if drift_mode == "static" else drifting, sorting)
+
+
+def _load_saved(folder: Path) -> tuple[BaseRecording, BaseSorting] | None:
+    if (folder / "recording").is_dir() and (folder / "ground_truth").is_dir():
+        return load(folder / "recording"), load(folder / "ground_truth")
+    return None
+
+
+def _save(folder: Path, recording: BaseRecording, sorting: BaseSorting) -> tuple[BaseRecording, BaseSorting]:
+    recording = recording.save(folder=folder / "recording", overwrite=True, n_jobs=1, progress_bar=False)
+    sorting = sorting.save(folder=folder / "ground_truth", overwrite=True)
     return recording, sorting
 
 
@@ -64,3 +121,24 @@ def summarise(performance: pd.DataFrame, well_detected: float = 0.8) -> dict:
         num_units=int(len(performance)),
     )
 
+
+
+def sort_and_score(
+    sorter_name: str,
+    recording: BaseRecording,
+    ground_truth: BaseSorting,
+    folder: str | Path,
+    held_out_start_frame: int,
+    **sorter_params,
+) -> tuple[BaseSorting, dict]:
+    """``run_sorter`` then ``summarise(held_out_performance(...))``, with the wall time (s) as ``time_s``."""
+    import time
+
+    import spikeinterface.sorters as ss
+
+    t0 = time.perf_counter()
+    sorting = ss.run_sorter(sorter_name, recording, folder=folder, remove_existing_folder=True, verbose=False, **sorter_params)
+    seconds = time.perf_counter() - t0
+    scores = summarise(held_out_performance(sorting, ground_truth, held_out_start_frame))
+    scores["time_s"] = seconds
+    return sorting, scores

@@ -95,6 +95,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               minimum=0.0, exclusive=True),
     Parameter("common_reference", True, (bool,), "preprocessing",
               "Subtract the median across channels at each sample (global common median reference)."),
+    Parameter("motion_correction", None, (str, None), "preprocessing",
+              "SpikeInterface correct_motion preset applied after filtering, before training and inference "
+              "(all channels kept: border_mode 'force_extrapolate'), or None for no motion correction.",
+              choices=("dredge_fast", "dredge", "nonrigid_fast_and_accurate", "nonrigid_accurate", "rigid_fast",
+                       "kilosort_like", "medicine")),
     # annotation
     Parameter("annotation_sorting_path", None, (str, None), "annotation",
               "Folder of a saved SpikeInterface sorting (sorting.save(folder=...)) or of a run_sorter "
@@ -128,6 +133,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("windows_per_spike", 1, (int,), "training",
               "Positive windows drawn per annotated spike and epoch, each at a random offset within "
               "+-jitter_ms (the paper enumerates all 2*jitter+1 offsets every epoch).", minimum=1),
+    Parameter("drift_augmentation_um", 20.0, (float,), "training",
+              "Simulate probe drift while training: each batch is spatially re-sampled (kriging, as "
+              "SpikeInterface's motion interpolation) at channel positions shifted along the probe by a random "
+              "-d..+d um, d at most a quarter of the probe's depth extent. 0 disables it.", minimum=0.0, maximum=200.0),
     Parameter("negative_ratio", 1.0, (float,), "training",
               "Negative windows (no annotated spike within +-jitter_ms) per positive window.",
               minimum=0.0),

@@ -25,7 +25,7 @@ from .model import ESortModel
 from .postprocessing import smoothing_taps
 from .network import network_window_samples
 from .parameters import validate_params
-from .preprocessing import check_preprocessing_params, estimate_noise_levels, preprocess
+from .preprocessing import check_preprocessing_params, correct_motion, estimate_noise_levels, preprocess
 from .training import fit_network, load_traces, split_window
 from .validation import choose_thresholds
 
@@ -106,6 +106,26 @@ def make_sorting(detected: DetectedSpikes, unit_ids: np.ndarray, sampling_freque
     return sorting
 
 
+def set_unit_properties(
+    sorting: NumpySorting, detected: DetectedSpikes, annotations, split, validation: dict
+) -> None:
+    """Per-unit summaries as sorting properties (saved with the sorting, exported to phy's cluster table):
+    mean smoothed probability of the unit's spikes, annotated spikes used for training, detection
+    threshold, and held-out validation accuracy, precision and recall."""
+    num_units = len(sorting.unit_ids)
+    counts = np.bincount(detected.unit_index, minlength=num_units)
+    sums = np.bincount(detected.unit_index, weights=detected.probability, minlength=num_units)
+    mean_probability = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    in_training = annotations.sample_index < split.split
+    sorting.set_property("esort_mean_probability", mean_probability.astype("float32"))
+    sorting.set_property(
+        "esort_training_spikes", np.bincount(annotations.unit_index[in_training], minlength=num_units).astype("int64")
+    )
+    for key in ("threshold", "accuracy", "precision", "recall"):
+        name = key if key == "threshold" else f"validation_{key}"
+        sorting.set_property(f"esort_{name}", np.array([u[key] for u in validation["units"]], dtype="float32"))
+
+
 def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str | Path, verbose: bool = False) -> NumpySorting:
     """Sort ``recording`` with E-Sort; write the sorting, model and reports to ``sorter_output_folder``."""
     check_inputs(recording, params)
@@ -127,6 +147,10 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
 
         with timer("preprocessing"):
             preprocessed = preprocess(recording, params)
+            if params["motion_correction"] is not None:
+                preprocessed = correct_motion(
+                    preprocessed, params["motion_correction"], folder / "motion", dict(job_kwargs, progress_bar=progress_bar)
+                )
             chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
             window = training_window(recording, params)
             split = split_window(window, params["validation_fraction"])
@@ -146,13 +170,17 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             )
             jitter = int(round(params["jitter_ms"] * fs / 1000.0))
             network, history = fit_network(
-                traces, annotations, split, window_samples, jitter, params, device, progress_bar
+                traces, annotations, split, window_samples, jitter, params, device, progress_bar,
+                channel_locations=preprocessed.get_channel_locations(),
             )
             del traces
             model = ESortModel(
-                network, fs, recording.channel_ids, recording.get_channel_locations(), noise_levels,
+                network, fs, preprocessed.channel_ids, preprocessed.get_channel_locations(), noise_levels,
                 annotations.unit_ids, smoothing_taps(params["smoothing_ms"], fs),
-                preprocessing={k: params[k] for k in ("apply_preprocessing", "freq_min", "freq_max", "common_reference")},
+                preprocessing={
+                    k: params[k]
+                    for k in ("apply_preprocessing", "freq_min", "freq_max", "common_reference", "motion_correction")
+                },
             )
 
         with timer("validation"):
@@ -167,6 +195,7 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
         timer.seconds.update({f"inference_{k}": v for k, v in detected.timings.items()})
 
         sorting = make_sorting(detected, annotations.unit_ids, fs, recording.get_num_segments())
+        set_unit_properties(sorting, detected, annotations, split, validation)
         logger.info("sorting: %d spikes of %d units", len(detected.sample_index), len(annotations.unit_ids))
         model.save(folder / "model")
         np.save(folder / "spike_probabilities.npy", detected.probability)

@@ -38,6 +38,17 @@ def preprocess(recording: BaseRecording, params: dict) -> BaseRecording:
     return out
 
 
+def correct_motion(recording: BaseRecording, preset: str, folder, job_kwargs: dict) -> BaseRecording:
+    """SpikeInterface's motion estimation and interpolation with ``preset``; motion info saved in ``folder``.
+    Every channel is kept (extrapolated at the borders) so that the channel layout does not change."""
+    keys = ("n_jobs", "chunk_duration", "chunk_size", "chunk_memory", "total_memory", "progress_bar")
+    return spre.correct_motion(
+        recording, preset=preset, folder=folder, overwrite=True,
+        interpolate_motion_kwargs=dict(border_mode="force_extrapolate"),
+        **{k: job_kwargs[k] for k in keys if k in job_kwargs},
+    )
+
+
 def estimate_noise_levels(recording: BaseRecording, seed: int, progress_bar: bool = False) -> np.ndarray:
     """Per-channel noise (MAD), in the recording's own units, from random chunks; floored to
     avoid dividing by zero on dead channels."""

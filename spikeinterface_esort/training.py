@@ -115,6 +115,40 @@ class WindowSampler:
         return centres, self.labels(centres)
 
 
+class DriftAugmentation:
+    """Re-samples windows at channel positions shifted along the probe's depth (y) axis by a random
+    shift in [-max_shift_um, max_shift_um] (1 um steps), with SpikeInterface's kriging interpolation
+    kernel (sigma 20 um, p 2, extrapolating at the borders, as its motion-correction presets)."""
+
+    def __init__(self, channel_locations: np.ndarray, max_shift_um: float, device: torch.device):
+        from spikeinterface.preprocessing.preprocessing_tools import get_spatial_interpolation_kernel
+
+        locations = np.asarray(channel_locations, dtype="float64")[:, :2]
+        self.shifts_um = np.arange(-np.floor(max_shift_um), np.floor(max_shift_um) + 1)
+        kernels = [
+            get_spatial_interpolation_kernel(
+                locations, locations + np.array([0.0, shift]), method="kriging", sigma_um=20.0, p=2,
+                force_extrapolate=True,
+            )
+            for shift in self.shifts_um
+        ]
+        self.kernels = torch.from_numpy(np.stack(kernels).astype("float32")).to(device)  # (shifts, source, target)
+
+    def __call__(self, windows: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Windows (batch, channels, samples), all shifted by one random shift."""
+        kernel = self.kernels[int(rng.integers(len(self.shifts_um)))]
+        return torch.einsum("bst,sc->bct", windows, kernel)
+
+
+def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np.ndarray | None) -> float:
+    """Largest simulated drift (um): ``drift_augmentation_um``, at most a quarter of the probe's depth
+    extent (a short probe has too few rows to re-sample a larger shift); 0 without locations."""
+    if channel_locations is None or drift_augmentation_um <= 0:
+        return 0.0
+    depth = np.ptp(np.asarray(channel_locations)[:, 1])
+    return float(min(drift_augmentation_um, depth / 4.0))
+
+
 def gather_windows(traces: torch.Tensor, centres: torch.Tensor, window_samples: int) -> torch.Tensor:
     """Windows (batch, channels, window_samples) of (samples, channels) traces centred at ``centres``."""
     offsets = torch.arange(window_samples, device=traces.device) - window_samples // 2
@@ -136,6 +170,7 @@ def train_network(
     params: dict,
     device: torch.device,
     progress_bar: bool,
+    augmentation: DriftAugmentation | None = None,
 ) -> dict:
     """Fit ``network`` in place with Adam and binary cross-entropy; keep the weights of the epoch with
     the lowest validation loss (training loss when there is no validation spike). Returns the history."""
@@ -161,7 +196,10 @@ def train_network(
         network.train()
         total, count = 0.0, 0
         for start, stop in _batches(len(centres), params["batch_size"]):
-            logits = network(gather_windows(traces, centres[start:stop], window))[:, :, 0]
+            windows = gather_windows(traces, centres[start:stop], window)
+            if augmentation is not None:
+                windows = augmentation(windows, rng)
+            logits = network(windows)[:, :, 0]
             loss = loss_fn(logits, targets[start:stop])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -225,6 +263,7 @@ def fit_network(
     params: dict,
     device: torch.device,
     progress_bar: bool,
+    channel_locations: np.ndarray | None = None,
 ) -> tuple[ESortNetwork, dict]:
     """A new network for the traces' channels and the annotated units, initialised from ``seed`` and trained."""
     torch.manual_seed(params["seed"])
@@ -237,5 +276,12 @@ def fit_network(
         "training: %d annotated spikes of %d units%s; window %d samples, jitter +-%d samples",
         len(train_sampler.anchor_samples), annotations.num_units, held_out, window_samples, jitter,
     )
-    history = train_network(network, traces, train_sampler, validation_sampler, params, device, progress_bar)
+    augmentation = None
+    max_shift = drift_augmentation_range(params["drift_augmentation_um"], channel_locations)
+    if max_shift >= 1.0:
+        augmentation = DriftAugmentation(channel_locations, max_shift, device)
+    logger.info("training: drift augmentation %s", f"+-{max_shift:g} um" if augmentation else "off")
+    history = train_network(
+        network, traces, train_sampler, validation_sampler, params, device, progress_bar, augmentation
+    )
     return network, history

@@ -40,6 +40,12 @@ def test_sort_with_ground_truth_annotations_of_the_first_half(ground_truth_recor
     validation = json.loads((output / "validation.json").read_text())
     assert validation["frame_range"] == [16 * 30000, 20 * 30000]
     assert all(0.0 < unit["threshold"] < 1.0 for unit in validation["units"])
+    # per-unit summaries travel with the sorting, for curation tools
+    for name in ("esort_mean_probability", "esort_training_spikes", "esort_threshold", "esort_validation_accuracy"):
+        assert name in again.get_property_keys(), name
+    assert np.all(again.get_property("esort_training_spikes") > 0)
+    np.testing.assert_allclose(again.get_property("esort_threshold"), [u["threshold"] for u in validation["units"]], rtol=1e-6)
+    assert np.all(again.get_property("esort_mean_probability") >= again.get_property("esort_threshold") - 1e-6)
 
 
 def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path):
