@@ -19,9 +19,9 @@ import spikeinterface_esort  # noqa: F401  (registers "esort")
 from .datasets import DRIFT_MODES, generate_dataset, generate_drifting_dataset, sort_and_score
 
 ESORT_DRIFT_OPTIONS = {
-    "none": {},
-    "motion_correction=dredge_fast": {"motion_correction": "dredge_fast"},
-    "drift_augmentation_um=20": {"drift_augmentation_um": 20.0},
+    "none": {"motion_correction": None, "drift_augmentation_um": 0.0},
+    "motion_correction=dredge_fast": {"motion_correction": "dredge_fast", "drift_augmentation_um": 0.0},
+    "drift_augmentation_um=20": {"motion_correction": None, "drift_augmentation_um": 20.0},
 }
 
 
