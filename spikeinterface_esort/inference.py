@@ -62,12 +62,18 @@ def detect_in_recording(
     segment_indices: list[int] | None = None,
     frame_range: tuple[int, int] | None = None,
     thresholds: np.ndarray | None = None,
+    stride: int = 1,
 ) -> DetectedSpikes:
     """Spikes of every segment of a preprocessed ``recording`` (or of ``frame_range`` of the given segments).
 
+    With ``stride`` 1 the network runs on every sample (the exact, dense evaluation). With ``stride`` S it
+    runs on one sample in S, on a grid fixed to the segment (samples k * S + window centre), and each
+    spike's time is refined between grid points by parabolic interpolation. A spike belongs to the chunk
+    holding its grid point, so chunking never changes the result.
     Timings (s) of reading/preprocessing, network and post-processing are summed in ``timings``.
     """
     device = model.device
+    margin_before, margin_after = model.margin_before(stride), model.margin_after(stride)
     if segment_indices is None:
         segment_indices = list(range(recording.get_num_segments()))
     jobs = []
@@ -82,19 +88,23 @@ def detect_in_recording(
         jobs, desc="esort inference", unit="chunk", disable=not progress_bar
     ):
         t0 = time.perf_counter()
-        block = read_block(recording, chunk_start - model.margin_before, chunk_stop + model.margin_after, segment_index)
+        block_start = ((chunk_start - margin_before) // stride) * stride  # on the segment's grid
+        block = read_block(recording, block_start, chunk_stop + margin_after, segment_index)
         traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
         t1 = time.perf_counter()
-        probabilities = model.probabilities(traces)
+        probabilities = model.probabilities(traces, stride)
         _sync(device)
         t2 = time.perf_counter()
-        units, samples, probs = model.spikes(probabilities, thresholds)
+        units, grid, samples, probs = model.spikes(probabilities, thresholds, stride)
+        grid = grid + block_start
+        mine = (grid >= chunk_start) & (grid < chunk_stop)
+        units, samples, probs = units[mine], samples[mine] + block_start, probs[mine]
         _sync(device)
         t3 = time.perf_counter()
         timings["read_s"] += t1 - t0
         timings["network_s"] += t2 - t1
         timings["postprocessing_s"] += t3 - t2
-        out_samples.append(samples.cpu().numpy().astype(np.int64) + chunk_start - model.margin_before)
+        out_samples.append(samples.cpu().numpy().astype(np.int64))
         out_units.append(units.cpu().numpy().astype(np.int64))
         out_probs.append(probs.cpu().numpy().astype(np.float32))
         out_segments.append(np.full(len(out_samples[-1]), segment_index, dtype=np.int64))

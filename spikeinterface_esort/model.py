@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .network import ESortNetwork
-from .postprocessing import detect_spikes, detection_margin, triangular_kernel
+from .postprocessing import detect_spikes, detection_margin, strided_taps, triangular_kernel
 
 MODEL_FORMAT_VERSION = 1
 
@@ -56,15 +56,14 @@ class ESortModel:
     def window_samples(self) -> int:
         return self.network.window_samples
 
-    @property
-    def margin_before(self) -> int:
+    def margin_before(self, stride: int = 1) -> int:
         """Trace samples needed before the first sample where spikes are detected."""
-        return self.network.window_center + detection_margin(self.smoothing_taps)
+        return self.network.window_center + detection_margin(strided_taps(self.smoothing_taps, stride)) * stride
 
-    @property
-    def margin_after(self) -> int:
+    def margin_after(self, stride: int = 1) -> int:
         """Trace samples needed after the last sample where spikes are detected."""
-        return self.window_samples - 1 - self.network.window_center + detection_margin(self.smoothing_taps)
+        taps = strided_taps(self.smoothing_taps, stride)
+        return self.window_samples - 1 - self.network.window_center + detection_margin(taps) * stride + stride - 1
 
     @property
     def device(self) -> torch.device:
@@ -81,26 +80,35 @@ class ESortModel:
         return (traces.to(torch.float32) / noise).T
 
     @torch.no_grad()
-    def probabilities(self, traces: torch.Tensor) -> torch.Tensor:
-        """Firing probabilities (units, samples - window_samples + 1) of a block of preprocessed traces
-        (samples, channels); index i is centred on block sample i + network.window_center."""
+    def probabilities(self, traces: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """Firing probabilities (units, points) of a block of preprocessed traces (samples, channels); point i
+        is centred on block sample i * stride + network.window_center (every sample when stride is 1)."""
         self.network.eval()
-        return torch.sigmoid(self.network(self.normalise(traces).unsqueeze(0))[0])
+        return torch.sigmoid(self.network(self.normalise(traces).unsqueeze(0), stride)[0])
 
+    @torch.no_grad()
     def spikes(
-        self, probabilities: torch.Tensor, thresholds: np.ndarray | torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Post-process ``probabilities`` of a block: (unit indices, block sample indices, smoothed
-        probabilities) of the spikes at block samples ``[margin_before, samples - margin_after)``."""
+        self, probabilities: torch.Tensor, thresholds: np.ndarray | torch.Tensor | None = None, stride: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Post-process the ``probabilities`` of a block (from ``probabilities(traces, stride)``).
+
+        Returns, per spike: unit index, block sample of its grid point (the local maximum), block sample
+        refined between grid points by parabolic interpolation (equal when stride is 1), and smoothed
+        probability. Spikes are complete for grid points in ``[margin_before, samples - margin_after)``.
+        """
         if thresholds is None:
             thresholds = self.thresholds
         thresholds = torch.as_tensor(thresholds, dtype=torch.float32, device=probabilities.device)
-        units, samples, values = detect_spikes(probabilities, self._kernel, thresholds)
-        return units, samples + self.network.window_center, values
+        kernel = self._kernel if stride == 1 else triangular_kernel(strided_taps(self.smoothing_taps, stride))
+        units, points, offsets, values = detect_spikes(probabilities, kernel, thresholds)
+        centre = self.network.window_center
+        grid = points * stride + centre
+        refined = torch.round((points + offsets) * stride).long() + centre if stride > 1 else grid
+        return units, grid, refined, values
 
-    def detect(self, traces: torch.Tensor, thresholds: np.ndarray | torch.Tensor | None = None):
-        """``spikes(probabilities(traces))``: spikes in a block of preprocessed traces (samples, channels)."""
-        return self.spikes(self.probabilities(traces), thresholds)
+    def detect(self, traces: torch.Tensor, thresholds: np.ndarray | torch.Tensor | None = None, stride: int = 1):
+        """``spikes(probabilities(traces, stride), thresholds, stride)`` for a block of preprocessed traces."""
+        return self.spikes(self.probabilities(traces, stride), thresholds, stride)
 
     # persistence -------------------------------------------------------------------------
     def card(self) -> dict:

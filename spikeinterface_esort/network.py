@@ -18,6 +18,7 @@ the special case used in training.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -78,14 +79,15 @@ class ESortNetwork(nn.Module):
         """Offset, in samples, of the classified sample from the window's first sample."""
         return self.window_samples // 2
 
-    def backbone(self, traces: torch.Tensor) -> torch.Tensor:
-        """Features (batch, hidden_size, samples - window_samples + 1) of traces (batch, channels, samples)."""
+    def backbone(self, traces: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """Features (batch, hidden_size, windows) of traces (batch, channels, samples) for the windows starting
+        at samples 0, stride, 2 * stride, ... (every window when stride is 1)."""
         batch, channels, samples = traces.shape
         if channels != self.num_channels:
             raise ValueError(f"ESortNetwork expects {self.num_channels} channels, got {channels}.")
         if samples < self.window_samples:
             raise ValueError(f"ESortNetwork needs at least {self.window_samples} samples, got {samples}.")
-        x = self.temporal1(traces.reshape(batch * channels, 1, samples))  # (B*C, f1, L')
+        x = F.conv1d(traces.reshape(batch * channels, 1, samples), self.temporal1.weight, self.temporal1.bias, stride=stride)
         length = x.shape[-1]
         x = torch.relu(self.temporal1_norm(x.reshape(batch, channels, -1, length)))
         x = self.temporal2(x.reshape(batch * channels, -1, length))  # (B*C, f2, L')
@@ -93,8 +95,9 @@ class ESortNetwork(nn.Module):
         x = self.spatial(x.reshape(batch, -1, length))  # channel-major flatten: C*f2
         return torch.relu(self.spatial_norm(x))
 
-    def forward(self, traces: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(traces))
+    def forward(self, traces: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """Logits (batch, units, windows); see ``backbone`` for which windows."""
+        return self.head(self.backbone(traces, stride))
 
     def config(self) -> dict:
         """Constructor arguments, JSON-serialisable."""

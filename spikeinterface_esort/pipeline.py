@@ -18,7 +18,7 @@ from spikeinterface.core import BaseRecording, NumpySorting, select_segment_reco
 from spikeinterface.core.base import minimum_spike_dtype
 from spikeinterface.core.job_tools import ensure_chunk_size, fix_job_kwargs
 
-from .annotation import annotate, check_annotation_source, training_window
+from .annotation import Annotations, annotate, check_annotation_source, training_window
 from .device import resolve_device, torch_threads
 from .inference import DetectedSpikes, detect_in_recording
 from .model import ESortModel
@@ -26,7 +26,7 @@ from .postprocessing import smoothing_taps
 from .network import network_window_samples
 from .parameters import validate_params
 from .preprocessing import check_preprocessing_params, correct_motion, estimate_noise_levels, preprocess
-from .training import fit_network, load_traces, split_window
+from .training import TrainingSplit, fit_network, load_traces, split_window
 from .validation import choose_thresholds
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -107,7 +107,7 @@ def make_sorting(detected: DetectedSpikes, unit_ids: np.ndarray, sampling_freque
 
 
 def set_unit_properties(
-    sorting: NumpySorting, detected: DetectedSpikes, annotations, split, validation: dict
+    sorting: NumpySorting, detected: DetectedSpikes, annotations: Annotations, split: TrainingSplit, validation: dict
 ) -> None:
     """Per-unit summaries as sorting properties (saved with the sorting, exported to phy's cluster table):
     mean smoothed probability of the unit's spikes, annotated spikes used for training, detection
@@ -191,7 +191,9 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             model.validation = validation
 
         with timer("inference"):
-            detected = detect_in_recording(model, preprocessed, chunk_size, progress_bar)
+            detected = detect_in_recording(
+                model, preprocessed, chunk_size, progress_bar, stride=params["inference_stride"]
+            )
         timer.seconds.update({f"inference_{k}": v for k, v in detected.timings.items()})
 
         sorting = make_sorting(detected, annotations.unit_ids, fs, recording.get_num_segments())

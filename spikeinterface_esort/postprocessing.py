@@ -50,14 +50,23 @@ def detection_margin(taps: int) -> int:
     return taps // 2 + 1
 
 
+def strided_taps(taps: int, stride: int) -> int:
+    """Taps of the triangular kernel of the same width in time on a grid of one sample in ``stride``."""
+    return 2 * int(round((taps // 2) / stride)) + 1
+
+
 def detect_spikes(
     probabilities: torch.Tensor, kernel: torch.Tensor, thresholds: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Spikes in (units, samples) probabilities: smoothed local maxima at or above each unit's threshold.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spikes in (units, points) probabilities: smoothed local maxima at or above each unit's threshold.
 
-    Returns (unit indices, sample indices into ``probabilities``, smoothed probabilities). Only
-    samples ``[taps // 2 + 1, samples - taps // 2 - 1)`` can hold a spike (see ``detection_margin``).
+    Returns (unit indices, point indices into ``probabilities``, sub-point offsets in [-0.5, 0.5] from a
+    parabola through the maximum and its neighbours, smoothed probabilities). Only points
+    ``[taps // 2 + 1, points - taps // 2 - 1)`` can hold a spike (see ``detection_margin``).
     """
     smoothed = smooth(probabilities, kernel.to(probabilities.device))
-    units, samples, values = local_maxima(smoothed, thresholds)
-    return units, samples + kernel.numel() // 2, values
+    units, points, values = local_maxima(smoothed, thresholds)
+    before, after = smoothed[units, points - 1], smoothed[units, points + 1]
+    curvature = before - 2 * values + after
+    offsets = torch.where(curvature < 0, 0.5 * (before - after) / curvature.clamp(max=-1e-12), torch.zeros_like(values))
+    return units, points + kernel.numel() // 2, offsets.clamp(-0.5, 0.5), values

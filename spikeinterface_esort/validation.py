@@ -75,7 +75,8 @@ def choose_thresholds(
     tolerance = int(round(params["match_tolerance_ms"] * recording.get_sampling_frequency() / 1000.0))
     floor = np.full(annotations.num_units, CANDIDATE_FLOOR, dtype="float32")
     detected = detect_in_recording(
-        model, recording, chunk_size, progress_bar, segment_indices=[0], frame_range=(start, stop), thresholds=floor
+        model, recording, chunk_size, progress_bar, segment_indices=[0], frame_range=(start, stop), thresholds=floor,
+        stride=params["inference_stride"],
     )
     in_range = (annotations.sample_index >= start) & (annotations.sample_index < stop)
     fixed = params["detection_threshold"] if not isinstance(params["detection_threshold"], str) else None

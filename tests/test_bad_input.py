@@ -70,6 +70,15 @@ def test_annotations_with_no_spike_in_the_window(small_recording, tmp_path):
         si.run_sorter("esort", recording, folder=tmp_path / "out", **gt_params(tmp_path / "late"))
 
 
+def test_annotations_without_any_unit(small_recording, tmp_path):
+    """What a teacher sorter that finds no unit leaves: an empty sorting."""
+    recording, _, _ = small_recording
+    empty = NumpySorting.from_samples_and_labels([np.zeros(0, dtype="int64")], [np.zeros(0, dtype="int64")], 30000.0, unit_ids=[])
+    empty.save(folder=tmp_path / "empty")
+    with pytest.raises(Exception, match="have no spike in the training window"):
+        si.run_sorter("esort", recording, folder=tmp_path / "out", **gt_params(tmp_path / "empty"))
+
+
 @pytest.mark.parametrize(
     "sampling_frequency, segments, message",
     [(20000.0, 1, "sampling frequency 20000.0 Hz does not match the recording's 30000.0 Hz"),

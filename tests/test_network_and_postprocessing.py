@@ -77,12 +77,13 @@ def test_chunked_inference_equals_dense_evaluation():
     chunked = detect_in_recording(model, recording, chunk_size=977, progress_bar=False)
 
     # dense: the whole segment in one block, zero-padded by the model's margins
-    padded = np.zeros((len(traces) + model.margin_before + model.margin_after, channels), dtype="float32")
-    padded[model.margin_before : model.margin_before + len(traces)] = traces
-    units_d, samples_d, values_d = model.detect(torch.from_numpy(padded))
+    before, after = model.margin_before(), model.margin_after()
+    padded = np.zeros((len(traces) + before + after, channels), dtype="float32")
+    padded[before : before + len(traces)] = traces
+    units_d, _, samples_d, values_d = model.detect(torch.from_numpy(padded))
     order = np.lexsort((units_d.numpy(), samples_d.numpy()))
     assert len(chunked.sample_index) > 100
-    np.testing.assert_array_equal(chunked.sample_index, samples_d.numpy()[order] - model.margin_before)
+    np.testing.assert_array_equal(chunked.sample_index, samples_d.numpy()[order] - before)
     np.testing.assert_array_equal(chunked.unit_index, units_d.numpy()[order])
     np.testing.assert_allclose(chunked.probability, values_d.numpy()[order], rtol=1e-5, atol=1e-6)
 
@@ -97,3 +98,25 @@ def test_model_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(loaded.probabilities(traces), model.probabilities(traces))
     assert loaded.unit_ids.tolist() == [7, 8, 9] and loaded.channel_ids.tolist() == list("abcdef")
     np.testing.assert_allclose(loaded.thresholds, [0.2, 0.5, 0.7])
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_strided_inference_does_not_depend_on_chunking(stride):
+    fs, channels, units = 10000.0, 6, 3
+    rng = np.random.default_rng(1)
+    recording = NumpyRecording([rng.normal(size=(12345, channels)).astype("float32")], fs)
+    net = random_network(channels, 20, units)
+    with torch.no_grad():
+        net.head.bias.fill_(2.0)
+    model = ESortModel(net, fs, recording.channel_ids, np.zeros((channels, 2)), np.ones(channels), np.arange(units),
+                       smoothing_taps=9, thresholds=np.full(units, 0.3))
+    small = detect_in_recording(model, recording, chunk_size=977, progress_bar=False, stride=stride)
+    whole = detect_in_recording(model, recording, chunk_size=12345, progress_bar=False, stride=stride)
+    exact = detect_in_recording(model, recording, chunk_size=12345, progress_bar=False)
+    assert len(small.sample_index) > 50
+    np.testing.assert_array_equal(small.unit_index, whole.unit_index)
+    # the same grid points; a refined time may round the other way (float differences between block sizes)
+    assert np.abs(small.sample_index - whole.sample_index).max() <= 1
+    np.testing.assert_allclose(small.probability, whole.probability, rtol=1e-5, atol=1e-6)
+    # grid points are every stride-th sample; refined times lie within a stride of them
+    assert len(whole.sample_index) < len(exact.sample_index) * 1.2

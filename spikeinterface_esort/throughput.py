@@ -1,0 +1,139 @@
+"""Throughput benchmark: how fast esort's inference and post-processing run, and what a stride costs.
+
+    python -m spikeinterface_esort.throughput --channels 64 384 --strides 1 2 3 --duration 20
+
+For each channel count and stride, in a fresh process (so that peak memory is its own): a
+generated recording (saved binary, 30 kHz) is preprocessed as esort does (bandpass + common median
+reference) and a network with random weights (``units`` = channels / 2) is run over it chunk by chunk
+with ``detect_in_recording``. Printed: real-time factor (seconds of recording per second of compute)
+of the network, of post-processing and of the whole inference step (reading, filtering, network,
+post-processing), and the peak resident memory of the process.
+
+``--accuracy`` adds, for each stride, the held-out accuracy of a full ``run_sorter("esort")`` on a
+64-channel, 30-unit, 60 s ground-truth recording (trained on the first 30 s; the same seed, so the
+same network) and its difference from the exact evaluation (stride 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int) -> dict:
+    """One configuration, in this process."""
+    import numpy as np
+    import torch
+
+    from .datasets import generate_dataset
+    from .device import resolve_device
+    from .inference import detect_in_recording
+    from .model import ESortModel
+    from .network import ESortNetwork, network_window_samples
+    from .parameters import default_params
+    from .postprocessing import smoothing_taps
+    from .preprocessing import preprocess
+
+    torch.set_num_threads(threads)
+    recording, _ = generate_dataset(folder / f"rec{channels}", channels, max(10, channels // 8), duration_s, seed=0)
+    params = default_params()
+    fs = recording.get_sampling_frequency()
+    units = channels // 2
+    torch.manual_seed(0)
+    network = ESortNetwork(channels, network_window_samples(params["window_ms"], fs), units)
+    model = ESortModel(
+        network, fs, recording.channel_ids, recording.get_channel_locations(), np.ones(channels), np.arange(units),
+        smoothing_taps(params["smoothing_ms"], fs), thresholds=np.full(units, 0.9),
+    ).to(resolve_device(device))
+    preprocessed = preprocess(recording, params)
+    t0 = time.perf_counter()
+    detected = detect_in_recording(model, preprocessed, chunk_size=int(fs), progress_bar=False, stride=stride)
+    wall = time.perf_counter() - t0
+    seconds = recording.get_total_duration()
+    t = detected.timings
+    return dict(
+        channels=channels, units=units, stride=stride, device=str(model.device), threads=threads,
+        duration_s=seconds,
+        rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
+        rtf_inference=seconds / wall, read_s=t["read_s"], network_s=t["network_s"],
+        postprocessing_s=t["postprocessing_s"], wall_s=wall,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    )
+
+
+def accuracy_by_stride(folder: Path, strides: list[int]) -> list[dict]:
+    import spikeinterface_esort  # noqa: F401  (registers "esort")
+
+    from .datasets import generate_dataset, sort_and_score
+
+    recording, ground_truth = generate_dataset(folder / "accuracy", 64, 30, 60.0, seed=0)
+    rows = []
+    for stride in strides:
+        _, scores = sort_and_score(
+            "esort", recording, ground_truth, folder / "accuracy" / f"esort_stride{stride}", 30 * 30000,
+            annotation_sorting_path=str(folder / "accuracy" / "ground_truth"), train_duration_s=30.0,
+            inference_stride=stride,
+        )
+        timings = json.loads((folder / "accuracy" / f"esort_stride{stride}" / "sorter_output" / "timings.json").read_text())
+        rows.append(dict(stride=stride, inference_s=timings["inference"], **scores))
+        print(rows[-1], flush=True)
+    for row in rows:
+        row["accuracy_delta"] = row["accuracy"] - rows[0]["accuracy"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.throughput", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--channels", type=int, nargs="+", default=[64, 384])
+    parser.add_argument("--strides", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording per measure")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--folder", default="esort_throughput")
+    parser.add_argument("--accuracy", action="store_true", help="also measure held-out accuracy per stride")
+    parser.add_argument("--one", nargs=2, type=int, metavar=("CHANNELS", "STRIDE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    folder = Path(args.folder).absolute()
+
+    if args.one:  # child process: one measure, printed as JSON
+        print(json.dumps(measure(folder, args.one[0], args.one[1], args.duration, args.device, args.threads)))
+        return 0
+
+    rows = []
+    for channels in args.channels:
+        for stride in args.strides:
+            command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride),
+                       "--duration", str(args.duration), "--device", args.device, "--threads", str(args.threads),
+                       "--folder", str(folder)]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(f"{channels} channels, stride {stride}: {rows[-1]['rtf_inference']:.2f}x real time", flush=True)
+    accuracy = accuracy_by_stride(folder, args.strides) if args.accuracy else []
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows, accuracy=accuracy), indent=2))
+
+    print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}\n")
+    print("| channels | units | stride | network (x real time) | post-processing (x real time) | "
+          "inference step (x real time) | peak RSS (MB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['channels']} | {r['units']} | {r['stride']} | {r['rtf_network']:.2f} | "
+              f"{r['rtf_postprocessing']:.1f} | {r['rtf_inference']:.2f} | {r['peak_rss_mb']:.0f} |")
+    if accuracy:
+        print("\n| stride | held-out accuracy | delta vs stride 1 | precision | recall | inference step (s) |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for r in accuracy:
+            print(f"| {r['stride']} | {r['accuracy']:.3f} | {r['accuracy_delta']:+.3f} | {r['precision']:.3f} | "
+                  f"{r['recall']:.3f} | {r['inference_s']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
