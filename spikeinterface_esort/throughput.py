@@ -73,19 +73,44 @@ def accuracy_by_stride(folder: Path, strides: list[int]) -> list[dict]:
     from .datasets import generate_dataset, sort_and_score
 
     recording, ground_truth = generate_dataset(folder / "accuracy", 64, 30, 60.0, seed=0)
-    rows = []
+    rows, sortings = [], []
     for stride in strides:
-        _, scores = sort_and_score(
+        sorting, scores = sort_and_score(
             "esort", recording, ground_truth, folder / "accuracy" / f"esort_stride{stride}", 30 * 30000,
             annotation_sorting_path=str(folder / "accuracy" / "ground_truth"), train_duration_s=30.0,
             inference_stride=stride,
         )
         timings = json.loads((folder / "accuracy" / f"esort_stride{stride}" / "sorter_output" / "timings.json").read_text())
         rows.append(dict(stride=stride, inference_s=timings["inference"], **scores))
+        sortings.append(sorting)
         print(rows[-1], flush=True)
-    for row in rows:
+    for row, sorting in zip(rows, sortings):
         row["accuracy_delta"] = row["accuracy"] - rows[0]["accuracy"]
+        row.update(timing_error(sortings[0], sorting))
     return rows
+
+
+def timing_error(reference, other, max_samples: int = 12) -> dict:
+    """How far ``other``'s spike times are from ``reference``'s (same unit ids), over spikes with a reference
+    spike of the same unit within ``max_samples``: fraction equal, median, mean and 95th percentile (samples)."""
+    import numpy as np
+
+    errors = []
+    for unit_id in reference.unit_ids:
+        ref, times = reference.get_unit_spike_train(unit_id), other.get_unit_spike_train(unit_id)
+        if len(ref) == 0 or len(times) == 0:
+            continue
+        after = np.clip(np.searchsorted(ref, times), 1, max(len(ref) - 1, 1))
+        distance = np.minimum(np.abs(ref[np.minimum(after, len(ref) - 1)] - times), np.abs(ref[after - 1] - times))
+        errors.append(distance[distance <= max_samples])
+    errors = np.concatenate(errors) if errors else np.zeros(0)
+    if errors.size == 0:
+        return dict(time_equal_fraction=float("nan"), time_error_median=float("nan"),
+                    time_error_mean=float("nan"), time_error_p95=float("nan"))
+    return dict(
+        time_equal_fraction=float(np.mean(errors == 0)), time_error_median=float(np.median(errors)),
+        time_error_mean=float(errors.mean()), time_error_p95=float(np.percentile(errors, 95)),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in accuracy:
             print(f"| {r['stride']} | {r['accuracy']:.3f} | {r['accuracy_delta']:+.3f} | {r['precision']:.3f} | "
                   f"{r['recall']:.3f} | {r['inference_s']:.1f} |")
+        print("\n| stride | spike times equal to stride 1 | median error | mean error | 95th percentile |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in accuracy:
+            print(f"| {r['stride']} | {100 * r['time_equal_fraction']:.0f} % | {r['time_error_median']:g} samples | "
+                  f"{r['time_error_mean']:.2f} samples | {r['time_error_p95']:g} samples |")
     return 0
 
 
