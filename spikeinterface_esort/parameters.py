@@ -153,7 +153,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("torch_device", "auto", (str,), "inference",
               "Device for training and inference: 'auto' (CUDA when available, else CPU), 'cpu', "
               "'cuda' or 'cuda:N'."),
-    Parameter("inference_stride", 4, (int,), "inference",
+    Parameter("inference_stride", 1, (int,), "inference",
               "Run the network on one sample in inference_stride (1: every sample, the exact dense evaluation); "
               "spike times are refined between evaluated samples by parabolic interpolation. Thresholds are "
               "chosen with the same stride.", minimum=1, maximum=16),
