@@ -8,7 +8,8 @@ __version__ = "0.1.0"
 
 from .sorter import ESortSorter  # noqa: E402
 from .registration import register  # noqa: E402
+from .pipeline import UNIT_PROPERTIES  # noqa: E402
 
 register()
 
-__all__ = ["ESortSorter", "register", "__version__"]
+__all__ = ["ESortSorter", "UNIT_PROPERTIES", "register", "__version__"]

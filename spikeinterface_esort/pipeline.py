@@ -106,6 +106,16 @@ def make_sorting(detected: DetectedSpikes, unit_ids: np.ndarray, sampling_freque
     return sorting
 
 
+UNIT_PROPERTIES = (
+    "esort_mean_probability",
+    "esort_training_spikes",
+    "esort_threshold",
+    "esort_validation_accuracy",
+    "esort_validation_precision",
+    "esort_validation_recall",
+)
+
+
 def set_unit_properties(
     sorting: NumpySorting, detected: DetectedSpikes, annotations: Annotations, split: TrainingSplit, validation: dict
 ) -> None:
