@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import pandas as pd
 from spikeinterface.core import BaseRecording, BaseSorting, generate_ground_truth_recording, load
 
@@ -23,10 +25,13 @@ def generate_dataset(
     noise_level_uv: float = 5.0,
 ) -> tuple[BaseRecording, BaseSorting]:
     """A ground-truth recording on a 4-column, 20 um pitch probe, saved (binary) under ``folder``:
-    ``folder/recording`` and ``folder/ground_truth``. Reloaded if already there. ``noise_level_uv``
-    is the generator's noise level (its default, 5 uV)."""
+    ``folder/recording`` and ``folder/ground_truth``. Reloaded if already there with the same arguments.
+    ``noise_level_uv`` is the generator's noise level (its default, 5 uV)."""
     folder = Path(folder)
-    existing = _load_saved(folder)
+    spec = dict(kind="ground_truth", num_channels=num_channels, num_units=num_units, duration_s=duration_s,
+                sampling_frequency=sampling_frequency, num_segments=num_segments, seed=seed,
+                noise_level_uv=noise_level_uv)
+    existing = _load_saved(folder, spec)
     if existing is not None:
         return existing
     recording, sorting = generate_ground_truth_recording(
@@ -41,7 +46,7 @@ def generate_dataset(
         noise_kwargs=dict(noise_levels=noise_level_uv, strategy="on_the_fly"),
         seed=seed,
     )
-    return _save(folder, recording, sorting)
+    return _save(folder, recording, sorting, spec)
 
 
 DRIFT_MODES = ("static", "zigzag", "bumps")
@@ -60,7 +65,7 @@ def generate_drifting_dataset(
     """A recording from ``generate_drifting_recording`` on an explicit ``num_columns`` x ``num_rows``
     probe (20 um pitch), saved under ``folder``. ``drift_mode`` 'static' is the same neurons without
     motion; 'zigzag' moves the probe +-``drift_um`` with a 30 s period from t=0; 'bumps' jumps by up
-    to +-``drift_um`` every 10-30 s. Reloaded if already there."""
+    to +-``drift_um`` every 10-30 s. Reloaded if already there with the same arguments."""
     import numpy as np
     from probeinterface import generate_multi_columns_probe
     from spikeinterface.generation import generate_drifting_recording
@@ -68,7 +73,9 @@ def generate_drifting_dataset(
     if drift_mode not in DRIFT_MODES:
         raise ValueError(f"drift_mode must be one of {DRIFT_MODES}, got {drift_mode!r}")
     folder = Path(folder)
-    existing = _load_saved(folder)
+    spec = dict(kind="drifting", drift_mode=drift_mode, num_units=num_units, duration_s=duration_s,
+                num_columns=num_columns, num_rows=num_rows, drift_um=drift_um, seed=seed)
+    existing = _load_saved(folder, spec)
     if existing is not None:
         return existing
     probe = generate_multi_columns_probe(
@@ -85,18 +92,21 @@ def generate_drifting_dataset(
             drift_step_um=1, motion_list=[motion],
         ),
     )
-    return _save(folder, static if drift_mode == "static" else drifting, sorting)
+    return _save(folder, static if drift_mode == "static" else drifting, sorting, spec)
 
 
-def _load_saved(folder: Path) -> tuple[BaseRecording, BaseSorting] | None:
-    if (folder / "recording").is_dir() and (folder / "ground_truth").is_dir():
+def _load_saved(folder: Path, spec: dict) -> tuple[BaseRecording, BaseSorting] | None:
+    """The dataset saved in ``folder`` if it was generated with ``spec``, else None."""
+    spec_file = folder / "dataset.json"
+    if spec_file.is_file() and json.loads(spec_file.read_text()) == spec:
         return load(folder / "recording"), load(folder / "ground_truth")
     return None
 
 
-def _save(folder: Path, recording: BaseRecording, sorting: BaseSorting) -> tuple[BaseRecording, BaseSorting]:
+def _save(folder: Path, recording: BaseRecording, sorting: BaseSorting, spec: dict) -> tuple[BaseRecording, BaseSorting]:
     recording = recording.save(folder=folder / "recording", overwrite=True, n_jobs=1, progress_bar=False)
     sorting = sorting.save(folder=folder / "ground_truth", overwrite=True)
+    (folder / "dataset.json").write_text(json.dumps(spec, indent=2))  # written last: marks a complete dataset
     return recording, sorting
 
 
