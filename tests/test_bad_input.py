@@ -98,6 +98,12 @@ def test_annotation_path_that_is_not_a_sorting(small_recording, tmp_path):
     recording, _, _ = small_recording
     with pytest.raises(ValueError, match="does not exist"):
         si.run_sorter("esort", recording, folder=tmp_path / "out", **gt_params(tmp_path / "nowhere"))
+    recording.save(folder=tmp_path / "a_recording", progress_bar=False)  # a recording folder, not a sorting
+    with pytest.raises(ValueError, match="not a sorting"):
+        si.run_sorter("esort", recording, folder=tmp_path / "out2", **gt_params(tmp_path / "a_recording"))
+    (tmp_path / "empty_folder").mkdir()
+    with pytest.raises(ValueError, match="is not a SpikeInterface sorting folder"):
+        si.run_sorter("esort", recording, folder=tmp_path / "out3", **gt_params(tmp_path / "empty_folder"))
 
 
 def test_nan_samples_are_refused(small_recording, tmp_path):
