@@ -33,7 +33,7 @@ def demo(args: argparse.Namespace) -> int:
     runs = [("esort", f"esort ({args.annotation} annotations)", params)] + [(name, name, {}) for name in args.compare]
     rows = []
     for sorter_name, label, sorter_params in runs:
-        _, scores = sort_and_score(sorter_name, recording, ground_truth, folder / sorter_name, start_frame, **sorter_params)
+        _, scores, _ = sort_and_score(sorter_name, recording, ground_truth, folder / sorter_name, start_frame, **sorter_params)
         rows.append((label, scores))
 
     print(f"\nScored on the held-out {args.duration - half_s:g} s against ground truth "

@@ -140,8 +140,9 @@ def sort_and_score(
     folder: str | Path,
     held_out_start_frame: int,
     **sorter_params,
-) -> tuple[BaseSorting, dict]:
-    """``run_sorter`` then ``summarise(held_out_performance(...))``, with the wall time (s) as ``time_s``."""
+) -> tuple[BaseSorting, dict, pd.DataFrame]:
+    """``run_sorter``, then the held-out per-unit performance and its ``summarise``, with the wall time (s)
+    of ``run_sorter`` as ``time_s``: (sorting, summary, per-unit performance)."""
     import time
 
     import spikeinterface.sorters as ss
@@ -149,6 +150,7 @@ def sort_and_score(
     t0 = time.perf_counter()
     sorting = ss.run_sorter(sorter_name, recording, folder=folder, remove_existing_folder=True, verbose=False, **sorter_params)
     seconds = time.perf_counter() - t0
-    scores = summarise(held_out_performance(sorting, ground_truth, held_out_start_frame))
+    performance = held_out_performance(sorting, ground_truth, held_out_start_frame)
+    scores = summarise(performance)
     scores["time_s"] = seconds
-    return sorting, scores
+    return sorting, scores, performance

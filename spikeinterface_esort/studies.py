@@ -1,8 +1,8 @@
 """Robustness studies on generated ground truth: drift and noise.
 
 ``python -m spikeinterface_esort.studies drift --folder F`` sorts static, zigzag and bumps
-recordings from ``generate_drifting_recording`` (same neurons) with esort, with and without
-motion correction; ``... noise --folder F`` sorts recordings of growing noise with esort and
+recordings from ``generate_drifting_recording`` (same neurons) with esort: no drift handling,
+motion correction, drift augmentation (``ESORT_DRIFT_OPTIONS``); ``... noise --folder F`` sorts recordings of growing noise with esort and
 spykingcircus2. esort trains on ground-truth annotations of the first half; every sorter is
 scored on the second half with ``compare_sorter_to_ground_truth``. Each prints a Markdown table
 and writes ``results.json`` in its folder.
@@ -57,7 +57,7 @@ def drift_study(folder: Path, seed: int = 0, duration_s: float = 90.0, options: 
         params, start = _esort_params(recording, folder / mode)
         for option in options:
             extra = ESORT_DRIFT_OPTIONS[option]
-            _, scores = sort_and_score(
+            _, scores, _ = sort_and_score(
                 "esort", recording, ground_truth, folder / mode / f"esort_{option}", start, **params, **extra
             )
             rows.append(dict(recording=mode, sorter=f"esort ({option})", **scores))
@@ -72,7 +72,7 @@ def noise_study(folder: Path, seed: int = 0, duration_s: float = 60.0, noise_lev
         recording, ground_truth = generate_dataset(sub, 32, 10, duration_s, seed=seed, noise_level_uv=noise)
         params, start = _esort_params(recording, sub)
         for sorter, sorter_params in (("esort", params), ("spykingcircus2", {})):
-            _, scores = sort_and_score(sorter, recording, ground_truth, sub / sorter, start, **sorter_params)
+            _, scores, _ = sort_and_score(sorter, recording, ground_truth, sub / sorter, start, **sorter_params)
             rows.append(dict(noise_uV=noise, sorter=sorter, **scores))
             print(rows[-1], flush=True)
     return rows

@@ -25,14 +25,19 @@ CANDIDATE_FLOOR = 0.02
 MIN_VALIDATION_SPIKES = 3
 
 
+def nearest_index(reference: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the nearest ``reference`` time (sorted, non-empty) for each of ``times``."""
+    after = np.searchsorted(reference, times)
+    left, right = np.clip(after - 1, 0, len(reference) - 1), np.clip(after, 0, len(reference) - 1)
+    return np.where(np.abs(reference[left] - times) <= np.abs(reference[right] - times), left, right)
+
+
 def match_candidates(candidates: np.ndarray, values: np.ndarray, annotated: np.ndarray, tolerance: int) -> np.ndarray:
     """For candidate times (sorted) with probabilities ``values``, True where the candidate is the most
     probable candidate within ``tolerance`` samples of its nearest annotated spike (sorted times)."""
     if len(annotated) == 0 or len(candidates) == 0:
         return np.zeros(len(candidates), dtype=bool)
-    after = np.searchsorted(annotated, candidates)
-    left, right = np.clip(after - 1, 0, len(annotated) - 1), np.clip(after, 0, len(annotated) - 1)
-    nearest = np.where(np.abs(annotated[left] - candidates) <= np.abs(annotated[right] - candidates), left, right)
+    nearest = nearest_index(annotated, candidates)
     close = np.abs(annotated[nearest] - candidates) <= tolerance
     matched = np.zeros(len(candidates), dtype=bool)
     order = np.argsort(-values, kind="stable")
