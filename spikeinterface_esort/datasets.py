@@ -23,14 +23,17 @@ def generate_dataset(
     num_segments: int = 1,
     seed: int = 0,
     noise_level_uv: float = 5.0,
+    layout: str = "grid",
 ) -> tuple[BaseRecording, BaseSorting]:
-    """A ground-truth recording on a 4-column, 20 um pitch probe, saved (binary) under ``folder``:
-    ``folder/recording`` and ``folder/ground_truth``. Reloaded if already there with the same arguments.
-    ``noise_level_uv`` is the generator's noise level (its default, 5 uV)."""
+    """A ground-truth recording, saved (binary) under ``folder``: ``folder/recording`` and
+    ``folder/ground_truth``. Reloaded if already there with the same arguments. ``noise_level_uv`` is the
+    generator's noise level (its default, 5 uV). ``layout``: see ``make_probe``."""
     folder = Path(folder)
     spec = dict(kind="ground_truth", num_channels=num_channels, num_units=num_units, duration_s=duration_s,
                 sampling_frequency=sampling_frequency, num_segments=num_segments, seed=seed,
                 noise_level_uv=noise_level_uv)
+    if layout != "grid":
+        spec["layout"] = layout
     existing = _load_saved(folder, spec)
     if existing is not None:
         return existing
@@ -39,14 +42,40 @@ def generate_dataset(
         sampling_frequency=sampling_frequency,
         num_channels=num_channels,
         num_units=num_units,
-        generate_probe_kwargs=dict(
-            num_columns=4 if num_channels >= 8 else 1, xpitch=20, ypitch=20,
-            contact_shapes="circle", contact_shape_params={"radius": 6},
-        ),
+        probe=make_probe(layout, num_channels),
         noise_kwargs=dict(noise_levels=noise_level_uv, strategy="on_the_fly"),
         seed=seed,
     )
     return _save(folder, recording, sorting, spec)
+
+
+LAYOUTS = ("grid", "np1")
+
+
+def make_probe(layout: str, num_channels: int):
+    """An explicit probe (no download): 'grid' is 4 aligned columns (1 column under 8 channels) at 20 um
+    pitch, the layout of the tests; 'np1' is Neuropixels-1.0-like: 4 staggered columns 16 um apart, rows
+    every 20 um with two contacts each (384 channels: 3.84 mm)."""
+    import numpy as np
+    from probeinterface import generate_multi_columns_probe
+
+    if layout == "grid":
+        columns = 4 if num_channels >= 8 else 1
+        probe = generate_multi_columns_probe(
+            num_columns=columns, num_contact_per_column=num_channels // columns, xpitch=20, ypitch=20,
+            contact_shapes="circle", contact_shape_params={"radius": 6},
+        )
+    elif layout == "np1":
+        if num_channels % 4:
+            raise ValueError(f"the np1 layout needs a multiple of 4 channels, got {num_channels}")
+        probe = generate_multi_columns_probe(
+            num_columns=4, num_contact_per_column=num_channels // 4, xpitch=16, ypitch=40,
+            y_shift_per_column=[20, 0, 20, 0], contact_shapes="square", contact_shape_params={"width": 12},
+        )
+    else:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    probe.set_device_channel_indices(np.arange(probe.get_contact_count()))
+    return probe
 
 
 DRIFT_MODES = ("static", "zigzag", "bumps")
@@ -115,8 +144,10 @@ def held_out_performance(sorting: BaseSorting, ground_truth: BaseSorting, start_
     to the end of segment 0, with SpikeInterface's ``compare_sorter_to_ground_truth`` defaults."""
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
+    # an explicit end: SpikeInterface's frame_slice(start, None) fails on a sorting with an empty unit
+    end_frame = 1 + max([int(s.to_spike_vector()["sample_index"].max(initial=start_frame)) for s in (sorting, ground_truth)])
     comparison = compare_sorter_to_ground_truth(
-        ground_truth.frame_slice(start_frame, None), sorting.frame_slice(start_frame, None)
+        ground_truth.frame_slice(start_frame, end_frame), sorting.frame_slice(start_frame, end_frame)
     )
     return comparison.get_performance()[["accuracy", "precision", "recall"]].astype(float)
 

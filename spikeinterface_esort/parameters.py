@@ -115,6 +115,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("train_duration_s", None, (float, None), "annotation",
               "Length of the training window, in s. None: the first half of the first segment, "
               "at most 120 s.", minimum=0.0, exclusive=True),
+    Parameter("annotated_spikes_per_unit", None, (int, None), "annotation",
+              "Few-shot training: only the first k annotated spikes of each unit in the training window are "
+              "positives (negatives still avoid every annotated spike). With k set, no other annotation is used: "
+              "no held-out validation (training runs all epochs) and thresholds are detection_threshold, or 0.5 "
+              "when 'auto'. None: every annotated spike.", minimum=1),
     Parameter("min_spikes_per_unit", 10, (int,), "annotation",
               "Annotated units with fewer spikes in the training window are dropped (the log lists them).",
               minimum=1),
@@ -127,6 +132,14 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("hidden_size", 256, (int,), "network",
               "Output size of the spatial filter (the last backbone layer).", minimum=1),
     # training
+    Parameter("pretrained_weights", None, (str, None), "training",
+              "Start from a pretrained backbone (transfer learning): 'auto' (the shipped backbone of the same "
+              "probe layout and sampling rate, else the closest: its temporal filters transfer to any probe), a "
+              "shipped name (see pretrained/), a path to a backbone .pt (with its .json card) or to an esort "
+              "model / sorter output folder; None trains from scratch. The log lists what was transferred."),
+    Parameter("freeze_layers", "none", (str,), "training",
+              "Layers not updated while training from pretrained_weights: 'none', 'temporal' (the two "
+              "temporal filters) or 'backbone' (all but the new head).", choices=("none", "temporal", "backbone")),
     Parameter("jitter_ms", 0.17, (float,), "training",
               "Windows centred within +-jitter_ms of an annotated spike are positives (5 samples at 30 kHz).",
               minimum=0.0),

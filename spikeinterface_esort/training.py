@@ -14,6 +14,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from tqdm.auto import tqdm
 from .annotation import Annotations, TrainingWindow
 from .inference import read_block
 from .network import ESortNetwork
+
+if TYPE_CHECKING:
+    from .transfer import Backbone
 
 logger = logging.getLogger("spikeinterface_esort")
 
@@ -58,7 +62,8 @@ class WindowSampler:
     """Draws labelled window centres from the annotated spikes of one part of the training window.
 
     ``spike_samples`` are sorted positions in the traces tensor; centres are kept where the
-    whole window lies in ``[lo, hi)``.
+    whole window lies in ``[lo, hi)``. Positives are drawn around the spikes where ``anchors``
+    is True (default: all); labels and negatives always account for every annotated spike.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class WindowSampler:
         hi: int,
         window_samples: int,
         jitter: int,
+        anchors: np.ndarray | None = None,
     ):
         self.spike_samples = spike_samples
         self.spike_units = spike_units
@@ -78,6 +84,8 @@ class WindowSampler:
         self.center_lo = lo + window_samples // 2
         self.center_hi = hi - (window_samples - 1 - window_samples // 2)
         inside = (spike_samples >= self.center_lo) & (spike_samples < self.center_hi)
+        if anchors is not None:
+            inside &= anchors
         self.anchor_samples = spike_samples[inside]
 
     def _hits(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +185,7 @@ def train_network(
     rng = np.random.default_rng(params["seed"])
     network.to(device)
     traces = traces.to(device)
-    optimiser = torch.optim.Adam(network.parameters(), lr=params["learning_rate"])
+    optimiser = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=params["learning_rate"])
     loss_fn = torch.nn.BCEWithLogitsLoss()
     window = network.window_samples
 
@@ -241,13 +249,28 @@ def evaluate_loss(network: ESortNetwork, traces: torch.Tensor, windows: tuple, b
     return total / max(targets.numel(), 1)
 
 
+def first_spikes_per_unit(annotations: Annotations, stop: int, k: int) -> np.ndarray:
+    """Mask of the first ``k`` annotated spikes (in time) of each unit among those before frame ``stop``."""
+    mask = np.zeros(len(annotations.sample_index), dtype=bool)
+    for u in range(annotations.num_units):
+        mine = np.flatnonzero((annotations.unit_index == u) & (annotations.sample_index < stop))
+        mask[mine[:k]] = True
+    return mask
+
+
 def make_samplers(
-    annotations: Annotations, split: TrainingSplit, window_samples: int, jitter: int
+    annotations: Annotations,
+    split: TrainingSplit,
+    window_samples: int,
+    jitter: int,
+    spikes_per_unit: int | None = None,
 ) -> tuple[WindowSampler, WindowSampler | None]:
-    """Samplers over the traces of the whole training window (index 0 = ``split.start``)."""
+    """Samplers over the traces of the whole training window (index 0 = ``split.start``); with
+    ``spikes_per_unit`` k, only the first k spikes of each unit are positives (few-shot)."""
     samples = annotations.sample_index - split.start
     args = (annotations.unit_index, annotations.num_units)
-    train = WindowSampler(samples, *args, 0, split.split - split.start, window_samples, jitter)
+    anchors = None if spikes_per_unit is None else first_spikes_per_unit(annotations, split.split, spikes_per_unit)
+    train = WindowSampler(samples, *args, 0, split.split - split.start, window_samples, jitter, anchors)
     validation = None
     if split.stop > split.split:
         validation = WindowSampler(samples, *args, split.split - split.start, split.stop - split.start, window_samples, jitter)
@@ -264,17 +287,30 @@ def fit_network(
     device: torch.device,
     progress_bar: bool,
     channel_locations: np.ndarray | None = None,
+    backbone: "Backbone | None" = None,
+    sampling_frequency: float | None = None,
 ) -> tuple[ESortNetwork, dict]:
-    """A new network for the traces' channels and the annotated units, initialised from ``seed`` and trained."""
+    """A new network for the traces' channels and the annotated units, initialised from ``seed`` (and from
+    ``backbone`` where its layers transfer, see ``transfer``), with ``freeze_layers`` frozen, and trained."""
+    from .transfer import freeze_layers, transfer_backbone
+
     torch.manual_seed(params["seed"])
     network = ESortNetwork(
         traces.shape[1], window_samples, annotations.num_units, tuple(params["temporal_features"]), params["hidden_size"]
     )
-    train_sampler, validation_sampler = make_samplers(annotations, split, window_samples, jitter)
+    transfer = None
+    if backbone is not None:
+        transfer = transfer_backbone(network, backbone, channel_locations, sampling_frequency)
+    frozen = freeze_layers(network, params["freeze_layers"])
+    if frozen:
+        logger.info("training: frozen layers %s", frozen)
+    k = params["annotated_spikes_per_unit"]
+    train_sampler, validation_sampler = make_samplers(annotations, split, window_samples, jitter, k)
     held_out = "" if validation_sampler is None else f", {len(validation_sampler.anchor_samples)} held out"
     logger.info(
-        "training: %d annotated spikes of %d units%s; window %d samples, jitter +-%d samples",
-        len(train_sampler.anchor_samples), annotations.num_units, held_out, window_samples, jitter,
+        "training: %d annotated spikes of %d units%s%s; window %d samples, jitter +-%d samples",
+        len(train_sampler.anchor_samples), annotations.num_units, held_out,
+        "" if k is None else f" (first {k} per unit)", window_samples, jitter,
     )
     augmentation = None
     max_shift = drift_augmentation_range(params["drift_augmentation_um"], channel_locations)
@@ -284,4 +320,8 @@ def fit_network(
     history = train_network(
         network, traces, train_sampler, validation_sampler, params, device, progress_bar, augmentation
     )
+    for p in network.parameters():
+        p.requires_grad_(True)
+    history["transfer"] = transfer
+    history["frozen_layers"] = frozen
     return network, history

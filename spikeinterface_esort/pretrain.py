@@ -1,0 +1,278 @@
+"""Pretraining: backbone weights for transfer learning, from SpikeInterface's generators.
+
+One backbone is trained on several ground-truth recordings of one probe layout
+(different generator seeds, hence different neurons, and different noise levels;
+probe drift simulated by the training's drift augmentation). Every recording has its
+own head (its own units) on the shared backbone; batches of all recordings alternate.
+The last ``validation_fraction`` of each recording is held out: its loss stops training
+early, and the card reports each recording's held-out accuracy (threshold 0.5, no
+threshold chosen on scored data) with SpikeInterface's ``compare_sorter_to_ground_truth``.
+
+    python -m spikeinterface_esort.pretrain --layout grid --channels 32 --out pretrained
+
+writes ``<out>/<name>.pt`` (float16 backbone state dict), ``<name>.json`` (model card read by
+``transfer``) and ``<name>.md`` (the card for people).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import logging
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets import LAYOUTS, generate_dataset, held_out_performance, summarise
+from .device import resolve_device, torch_threads
+from .inference import detect_in_recording
+from .model import ESortModel
+from .network import ESortNetwork, network_window_samples
+from .parameters import default_params
+from .pipeline import make_sorting
+from .postprocessing import smoothing_taps
+from .preprocessing import estimate_noise_levels, preprocess
+from .training import DriftAugmentation, WindowSampler, _batches, drift_augmentation_range, gather_windows, load_traces
+from .transfer import backbone_state
+
+logger = logging.getLogger("spikeinterface_esort")
+
+
+def _dataset(folder: Path, layout: str, channels: int, units: int, duration_s: float, seed: int, noise_uv: float, params):
+    recording, ground_truth = generate_dataset(
+        folder / f"{layout}{channels}_seed{seed}_noise{noise_uv:g}", num_channels=channels, num_units=units,
+        duration_s=duration_s, seed=seed, noise_level_uv=noise_uv, layout=layout,
+    )
+    preprocessed = preprocess(recording, params)
+    noise = estimate_noise_levels(preprocessed, seed=params["seed"], progress_bar=False)
+    spikes = ground_truth.to_spike_vector()
+    order = np.argsort(spikes["sample_index"], kind="stable")
+    return dict(
+        recording=recording, ground_truth=ground_truth, preprocessed=preprocessed, noise=noise,
+        samples=spikes["sample_index"][order].astype(np.int64), units=spikes["unit_index"][order].astype(np.int64),
+        unit_ids=np.asarray(ground_truth.unit_ids), seed=seed, noise_uv=noise_uv,
+    )
+
+
+def pretrain(
+    layout: str,
+    channels: int,
+    out: str | Path,
+    work_folder: str | Path,
+    seeds: list[int],
+    noise_levels_uv: list[float],
+    units: int,
+    duration_s: float,
+    epochs: int,
+    name: str | None = None,
+    command: str = "",
+) -> dict:
+    """Train one backbone on ``len(seeds)`` generated recordings; write ``out/<name>.{pt,json,md}``; return the card."""
+    t_start = time.perf_counter()
+    params = default_params()
+    params["epochs"] = epochs
+    device = resolve_device(params["torch_device"])
+    fs = 30000.0
+    name = name or f"{layout}-{channels}ch-{int(fs / 1000)}khz"
+    work_folder, out = Path(work_folder), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(params["seed"])
+    torch.manual_seed(params["seed"])
+
+    datasets = [
+        _dataset(work_folder, layout, channels, units, duration_s, seed, noise_levels_uv[i % len(noise_levels_uv)], params)
+        for i, seed in enumerate(seeds)
+    ]
+    window = network_window_samples(params["window_ms"], fs)
+    jitter = int(round(params["jitter_ms"] * fs / 1000.0))
+    locations = datasets[0]["preprocessed"].get_channel_locations()
+    networks = []
+    for d in datasets:
+        net = ESortNetwork(channels, window, len(d["unit_ids"]), tuple(params["temporal_features"]), params["hidden_size"])
+        if networks:  # share the backbone of the first network; keep this recording's head
+            for layer in ("temporal1", "temporal1_norm", "temporal2", "temporal2_norm", "spatial", "spatial_norm"):
+                setattr(net, layer, getattr(networks[0], layer))
+        networks.append(net.to(device))
+        num = d["recording"].get_num_samples()
+        split = int(round(num * (1 - params["validation_fraction"])))
+        d["split"] = split
+        d["traces"] = load_traces(d["preprocessed"], 0, num, d["noise"], chunk_size=30000, progress_bar=False).to(device)
+        d["train"] = WindowSampler(d["samples"], d["units"], len(d["unit_ids"]), 0, split, window, jitter)
+        d["validation"] = WindowSampler(d["samples"], d["units"], len(d["unit_ids"]), split, num, window, jitter)
+        centres, targets = d["validation"].draw(rng, 1, params["negative_ratio"])
+        d["validation_windows"] = (torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device))
+    shift = drift_augmentation_range(params["drift_augmentation_um"], locations)
+    augmentation = DriftAugmentation(locations, shift, device) if shift >= 1 else None
+    parameters = {id(p): p for net in networks for p in net.parameters()}
+    optimiser = torch.optim.Adam(list(parameters.values()), lr=params["learning_rate"])
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    history, best, best_state, stale = [], np.inf, None, 0
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        batches = []
+        for i, d in enumerate(datasets):
+            centres, targets = d["train"].draw(rng, params["windows_per_spike"], params["negative_ratio"])
+            centres, targets = torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device)
+            batches += [(i, centres[a:b], targets[a:b]) for a, b in _batches(len(centres), params["batch_size"])]
+        for net in networks:
+            net.train()
+        total = 0.0
+        for j in rng.permutation(len(batches)):
+            i, centres, targets = batches[j]
+            windows = gather_windows(datasets[i]["traces"], centres, window)
+            if augmentation is not None:
+                windows = augmentation(windows, rng)
+            loss = loss_fn(networks[i](windows)[:, :, 0], targets)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach())
+        validation = float(np.mean([_validation_loss(net, d, window, params["batch_size"]) for net, d in zip(networks, datasets)]))
+        history.append(dict(epoch=epoch + 1, train_loss=total / max(len(batches), 1), validation_loss=validation,
+                            seconds=time.perf_counter() - t0))
+        print(f"pretrain epoch {epoch + 1}/{epochs}: train {history[-1]['train_loss']:.4f} "
+              f"validation {validation:.4f} ({history[-1]['seconds']:.1f} s)", flush=True)
+        if validation < best - 1e-6:
+            best, stale, best_state = validation, 0, [copy.deepcopy(n.state_dict()) for n in networks]
+        else:
+            stale += 1
+            if stale >= params["patience"]:
+                break
+    for net, state in zip(networks, best_state):
+        net.load_state_dict(state)
+    training_s = time.perf_counter() - t_start
+
+    figures = []
+    for net, d in zip(networks, datasets):
+        model = ESortModel(net.eval(), fs, d["preprocessed"].channel_ids, locations, d["noise"], d["unit_ids"],
+                           smoothing_taps(params["smoothing_ms"], fs))
+        num = d["recording"].get_num_samples()
+        detected = detect_in_recording(model, d["preprocessed"], 30000, False, frame_range=(d["split"], num))
+        sorting = make_sorting(detected, d["unit_ids"], fs, 1)
+        scores = summarise(held_out_performance(sorting, d["ground_truth"], d["split"]))
+        figures.append(dict(seed=d["seed"], noise_uv=d["noise_uv"], **{k: scores[k] for k in ("accuracy", "precision", "recall", "well_detected", "num_units")}))
+        print(f"held out, seed {d['seed']} noise {d['noise_uv']:g} uV: accuracy {scores['accuracy']:.3f}", flush=True)
+
+    state = backbone_state(networks[0])
+    torch.save(state, out / f"{name}.pt")
+    config = networks[0].config()
+    config.pop("num_units")
+    card = dict(
+        name=name,
+        network=config,
+        sampling_frequency=fs,
+        layout=layout,
+        num_channels=channels,
+        channel_locations=np.asarray(locations).tolist(),
+        window_ms=params["window_ms"],
+        training_data=dict(
+            generator="spikeinterface.core.generate_ground_truth_recording", seeds=list(seeds),
+            noise_levels_uv=[d["noise_uv"] for d in datasets], units_per_recording=units, duration_s=duration_s,
+            drift=f"drift augmentation +-{shift:g} um (kriging re-sampling along the probe)",
+            preprocessing={k: params[k] for k in ("freq_min", "freq_max", "common_reference")},
+            firing_rates="generator default (15 Hz)",
+        ),
+        recipe=dict(epochs_run=len(history), best_epoch=int(np.argmin([h["validation_loss"] for h in history]) + 1),
+                    **{k: params[k] for k in ("learning_rate", "batch_size", "jitter_ms", "negative_ratio",
+                                              "windows_per_spike", "validation_fraction", "patience", "seed")}),
+        validation=dict(
+            note="held-out last fraction of each pretraining recording, threshold 0.5, compare_sorter_to_ground_truth",
+            recordings=figures, mean_accuracy=float(np.mean([f["accuracy"] for f in figures])),
+        ),
+        history=history,
+        command=command,
+        wall_time_s=round(time.perf_counter() - t_start, 1),
+        training_time_s=round(training_s, 1),
+        machine=f"{platform.machine()}, {torch.get_num_threads()} torch threads, device {device}",
+        versions=dict(torch=torch.__version__, python=platform.python_version()),
+        date=datetime.date.today().isoformat(),
+        file_bytes=(out / f"{name}.pt").stat().st_size,
+    )
+    import spikeinterface
+
+    card["versions"]["spikeinterface"] = spikeinterface.__version__
+    (out / f"{name}.json").write_text(json.dumps(card, indent=1), encoding="utf8")
+    (out / f"{name}.md").write_text(card_markdown(card), encoding="utf8")
+    return card
+
+
+@torch.no_grad()
+def _validation_loss(net: ESortNetwork, d: dict, window: int, batch_size: int) -> float:
+    from .training import evaluate_loss
+
+    return evaluate_loss(net, d["traces"], d["validation_windows"], batch_size)
+
+
+def card_markdown(card: dict) -> str:
+    """The model card for people, from the JSON card."""
+    data, val = card["training_data"], card["validation"]
+    rows = "\n".join(
+        f"| {f['seed']} | {f['noise_uv']:g} | {f['accuracy']:.3f} | {f['precision']:.3f} | {f['recall']:.3f} | "
+        f"{f['well_detected']}/{f['num_units']} |" for f in val["recordings"]
+    )
+    net = card["network"]
+    return f"""# Backbone `{card['name']}`
+
+Pretrained E-Sort backbone (temporal filters {net['temporal_features']}, spatial filter to {net['hidden_size']}
+features): use it with `pretrained_weights="{card['name']}"` (or `"auto"` on this layout).
+Generated by the command below; do not edit by hand.
+
+- Probe layout: `{card['layout']}`, {card['num_channels']} channels (contact positions in `{card['name']}.json`).
+- Sampling rate: {card['sampling_frequency']:g} Hz; window {net['window_samples']} samples ({card['window_ms']} ms).
+- Training data: {len(data['seeds'])} recordings from `{data['generator']}`, seeds {data['seeds']},
+  noise {data['noise_levels_uv']} uV, {data['units_per_recording']} units each ({data['firing_rates']}),
+  {data['duration_s']:g} s each; drift: {data['drift']}; preprocessing {data['preprocessing']}.
+- Recipe: one head per recording on the shared backbone; {card['recipe']}.
+- File: `{card['name']}.pt`, {card['file_bytes'] / 1e6:.2f} MB (float16 state dict, no head).
+- Pretraining time: {card['wall_time_s']:g} s in all ({card['training_time_s']:g} s generating and training), on
+  {card['machine']}; {card['versions']}; {card['date']}.
+
+## Validation ({val['note']})
+
+| seed | noise (uV) | accuracy | precision | recall | accuracy > 0.8 |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+
+Mean held-out accuracy: {val['mean_accuracy']:.3f}.
+
+## Reproduce
+
+```bash
+{card['command']}
+```
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.pretrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layout", choices=LAYOUTS, default="grid")
+    parser.add_argument("--channels", type=int, default=32)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104])
+    parser.add_argument("--noise", type=float, nargs="+", default=[5.0, 10.0], help="noise levels (uV), cycled over seeds")
+    parser.add_argument("--units", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=60.0, help="s per recording")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--out", default="pretrained")
+    parser.add_argument("--work-folder", default="esort_pretrain", help="where the generated recordings are saved")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    command = "python -m spikeinterface_esort.pretrain " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    with torch_threads(os.cpu_count() or 1):
+        card = pretrain(args.layout, args.channels, args.out, args.work_folder, args.seeds, args.noise, args.units,
+                        args.duration, args.epochs, args.name, command)
+    print(f"wrote {Path(args.out) / card['name']}.pt ({card['file_bytes'] / 1e6:.2f} MB), mean held-out accuracy "
+          f"{card['validation']['mean_accuracy']:.3f}, {card['wall_time_s']:g} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Transfer learning: start a network from pretrained weights instead of random ones.
+
+A *backbone* is every layer of ``ESortNetwork`` but the head: two temporal filters
+shared by all channels (with a per-channel BatchNorm each) and the spatial filter over
+all channels. What transfers to a new network depends on the probe:
+
+- the temporal filters transfer to any probe; at another window length (another
+  sampling rate or ``window_ms``) they are resampled in time;
+- the per-channel BatchNorms and the spatial filter transfer only when the channel
+  layout is the same (same relative contact positions, in the same order); otherwise
+  the BatchNorms start from the mean over the pretrained channels and the spatial
+  filter is trained from scratch;
+- the head is always new, sized to the units of the annotations.
+
+Backbones ship in ``pretrained/`` (``<name>.pt``: float16 state dict; ``<name>.json``:
+model card). A path to another ``.pt`` with its card, or to a saved esort model
+folder (``model.json`` + ``weights.pt``), works too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .network import ESortNetwork
+
+logger = logging.getLogger("spikeinterface_esort")
+
+TEMPORAL_LAYERS = ("temporal1", "temporal2")
+CHANNEL_LAYERS = ("temporal1_norm", "temporal2_norm", "spatial", "spatial_norm")
+FREEZE_CHOICES = ("none", "temporal", "backbone")
+LAYOUT_TOLERANCE_UM = 0.5
+
+
+@dataclass
+class Backbone:
+    """Pretrained backbone weights and the recording properties they were trained for."""
+
+    name: str
+    state: dict
+    window_samples: int
+    sampling_frequency: float
+    channel_locations: np.ndarray
+    temporal_features: tuple[int, int]
+    hidden_size: int
+    card: dict
+
+
+def pretrained_folder() -> Path:
+    """The folder of shipped backbones: ``spikeinterface_esort/pretrained`` in an installed wheel,
+    ``pretrained/`` beside the package in a source checkout (editable install)."""
+    package = Path(__file__).resolve().parent
+    installed = package / "pretrained"
+    return installed if installed.is_dir() else package.parent / "pretrained"
+
+
+def available_backbones() -> list[str]:
+    """Names of the shipped backbones (``pretrained/<name>.pt`` with ``<name>.json``)."""
+    folder = pretrained_folder()
+    return sorted(p.stem for p in folder.glob("*.pt") if p.with_suffix(".json").is_file())
+
+
+def relative_layout(channel_locations: np.ndarray) -> np.ndarray:
+    """Contact positions (um) relative to the probe's lowest, leftmost corner."""
+    locations = np.asarray(channel_locations, dtype="float64")[:, :2]
+    return locations - locations.min(axis=0)
+
+
+def same_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two probes have the same contacts in the same order, up to a translation."""
+    if len(a) != len(b):
+        return False
+    return bool(np.abs(relative_layout(a) - relative_layout(b)).max() <= LAYOUT_TOLERANCE_UM)
+
+
+def load_backbone(path: str | Path) -> Backbone:
+    """A backbone from ``<name>.pt`` + ``<name>.json``, or from a saved esort model folder."""
+    path = Path(path)
+    if path.is_dir() and (path / "model").is_dir() and not (path / "model.json").exists():
+        path = path / "model"  # a sorter_output folder
+    if path.is_dir():
+        card_file, weights_file = path / "model.json", path / "weights.pt"
+    else:
+        card_file, weights_file = path.with_suffix(".json"), path.with_suffix(".pt")
+    if not card_file.is_file() or not weights_file.is_file():
+        raise ValueError(
+            f"esort parameter 'pretrained_weights': {path} is neither a backbone (<name>.pt with <name>.json) nor an "
+            f"esort model folder (model.json + weights.pt). Shipped backbones: {available_backbones()}."
+        )
+    try:
+        card = json.loads(card_file.read_text(encoding="utf8"))
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        network = card["network"]
+        backbone = Backbone(
+            name=card.get("name", path.stem),
+            state={k: v.float() for k, v in state.items() if not k.startswith("head.")},
+            window_samples=int(network["window_samples"]),
+            sampling_frequency=float(card["sampling_frequency"]),
+            channel_locations=np.asarray(card["channel_locations"], dtype="float64"),
+            temporal_features=tuple(network["temporal_features"]),
+            hidden_size=int(network["hidden_size"]),
+            card=card,
+        )
+    except Exception as err:
+        raise ValueError(f"esort parameter 'pretrained_weights': cannot read {weights_file} ({type(err).__name__}: {err}).") from err
+    missing = [k for k in ("temporal1.weight", "temporal2.weight") if k not in backbone.state]
+    if missing:
+        raise ValueError(f"esort parameter 'pretrained_weights': {weights_file} lacks {missing}; not an esort backbone.")
+    return backbone
+
+
+def resolve_backbone(value: str | None, channel_locations: np.ndarray, sampling_frequency: float) -> Backbone | None:
+    """The backbone named by the ``pretrained_weights`` parameter: None; 'auto' (the shipped backbone of
+    the same layout and sampling rate, else of the same sampling rate, else any); a shipped name; or a path."""
+    if value is None:
+        return None
+    names = available_backbones()
+    if value == "auto":
+        if not names:
+            logger.info("transfer: no shipped backbone; training from scratch")
+            return None
+        backbones = [load_backbone(pretrained_folder() / f"{name}.pt") for name in names]
+
+        def rank(b: Backbone) -> tuple:
+            return (
+                same_layout(b.channel_locations, channel_locations),
+                abs(b.sampling_frequency - sampling_frequency) < 1e-6,
+                -abs(len(b.channel_locations) - len(channel_locations)),
+            )
+
+        return max(backbones, key=rank)
+    if value in names:
+        return load_backbone(pretrained_folder() / f"{value}.pt")
+    path = Path(value)
+    if not path.exists() and not path.with_suffix(".pt").exists():
+        raise ValueError(
+            f"esort parameter 'pretrained_weights'={value!r} is not a shipped backbone ({names}) and no such path exists."
+        )
+    return load_backbone(path)
+
+
+def _resample_time(weight: torch.Tensor, samples: int) -> torch.Tensor:
+    """Temporal kernels (out, 1, T) resampled to ``samples`` taps, scaled so a response keeps its size."""
+    if weight.shape[-1] == samples:
+        return weight.clone()
+    resampled = F.interpolate(weight, size=samples, mode="linear", align_corners=True)
+    return resampled * (weight.shape[-1] / samples)
+
+
+def _mean_norm_state(state: dict, prefix: str, channels: int) -> dict:
+    """BatchNorm state of ``channels`` channels, each the mean of the pretrained channels."""
+    out = {}
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        out[key] = state[f"{prefix}.{key}"].mean().repeat(channels)
+    return out
+
+
+@torch.no_grad()
+def transfer_backbone(
+    network: ESortNetwork, backbone: Backbone, channel_locations: np.ndarray, sampling_frequency: float
+) -> dict:
+    """Copy into ``network`` what transfers from ``backbone``; returns lists of the layers ``transferred``,
+    ``adapted`` (resampled or channel-averaged) and ``from_scratch``, which are also logged."""
+    report = dict(backbone=backbone.name, transferred=[], adapted=[], from_scratch=[])
+    state = backbone.state
+    if tuple(network.temporal_features) != tuple(backbone.temporal_features):
+        report["from_scratch"] += [*TEMPORAL_LAYERS, *CHANNEL_LAYERS]
+    else:
+        for layer in TEMPORAL_LAYERS:
+            module = getattr(network, layer)
+            weight = state[f"{layer}.weight"]
+            if layer == "temporal1" and weight.shape[-1] != network.window_samples:
+                module.weight.copy_(_resample_time(weight, network.window_samples))
+                report["adapted"].append(f"{layer} (resampled {weight.shape[-1]} -> {network.window_samples} samples)")
+            else:
+                module.weight.copy_(weight)
+                report["transferred"].append(layer)
+            module.bias.copy_(state[f"{layer}.bias"])
+        layout = same_layout(backbone.channel_locations, channel_locations)
+        same_shape = layout and network.hidden_size == backbone.hidden_size
+        for layer in ("temporal1_norm", "temporal2_norm"):
+            module = getattr(network, layer)
+            if same_shape:
+                module.load_state_dict({k[len(layer) + 1 :]: v for k, v in state.items() if k.startswith(layer + ".")})
+                report["transferred"].append(layer)
+            else:
+                for key, value in _mean_norm_state(state, layer, network.num_channels).items():
+                    getattr(module, key).copy_(value)
+                report["adapted"].append(f"{layer} (mean over the pretrained channels)")
+        for layer in ("spatial", "spatial_norm"):
+            if same_shape:
+                getattr(network, layer).load_state_dict(
+                    {k[len(layer) + 1 :]: v for k, v in state.items() if k.startswith(layer + ".")}
+                )
+                report["transferred"].append(layer)
+            else:
+                report["from_scratch"].append(layer)
+    report["from_scratch"].append("head")
+    logger.info(
+        "transfer: from backbone %s: transferred %s; adapted %s; trained from scratch %s",
+        backbone.name, report["transferred"] or "nothing", report["adapted"] or "nothing", report["from_scratch"],
+    )
+    return report
+
+
+def freeze_layers(network: ESortNetwork, freeze: str) -> list[str]:
+    """Stop gradients of the temporal filters ('temporal') or of the whole backbone ('backbone');
+    returns the frozen layer names."""
+    if freeze not in FREEZE_CHOICES:
+        raise ValueError(f"esort parameter 'freeze_layers' must be one of {FREEZE_CHOICES}, got {freeze!r}.")
+    layers = {"none": (), "temporal": TEMPORAL_LAYERS, "backbone": (*TEMPORAL_LAYERS, *CHANNEL_LAYERS)}[freeze]
+    for layer in layers:
+        for p in getattr(network, layer).parameters():
+            p.requires_grad_(False)
+    return list(layers)
+
+
+def backbone_state(network: ESortNetwork) -> dict:
+    """The backbone's state dict (no head), float16 on the CPU: what a shipped ``.pt`` holds."""
+    return {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu()
+            for k, v in network.state_dict().items() if not k.startswith("head.")}
