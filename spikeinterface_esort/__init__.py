@@ -9,7 +9,14 @@ __version__ = "0.1.0"
 from .sorter import ESortSorter  # noqa: E402
 from .registration import register  # noqa: E402
 from .pipeline import UNIT_PROPERTIES  # noqa: E402
+from .model import ESortModel  # noqa: E402
+from .online import OnlineSorter  # noqa: E402
+from .results import spike_probabilities  # noqa: E402
+from .transfer import available_backbones  # noqa: E402
 
 register()
 
-__all__ = ["ESortSorter", "UNIT_PROPERTIES", "register", "__version__"]
+__all__ = [
+    "ESortSorter", "ESortModel", "OnlineSorter", "UNIT_PROPERTIES", "available_backbones", "register",
+    "spike_probabilities", "__version__",
+]

@@ -203,6 +203,11 @@ def annotate(
         annotations = sorting_to_annotations(
             sorting, window, offset=window.start_frame, source=f"sorter {params['annotation_sorter']}"
         )
+    return checked_annotations(annotations, window, params)
+
+
+def checked_annotations(annotations: Annotations, window: TrainingWindow, params: dict) -> Annotations:
+    """``annotations`` without units under ``min_spikes_per_unit``; raises ``ValueError`` when nothing is left."""
     logger.info(
         "annotation: %d spikes of %d units from %s", len(annotations.sample_index), annotations.num_units,
         annotations.source,

@@ -36,6 +36,7 @@ class ESortModel:
         thresholds: np.ndarray | None = None,
         preprocessing: dict | None = None,
         validation: dict | None = None,
+        params: dict | None = None,
     ):
         self.network = network
         self.sampling_frequency = float(sampling_frequency)
@@ -49,6 +50,7 @@ class ESortModel:
         )
         self.preprocessing = dict(preprocessing or {})
         self.validation = validation or {}
+        self.params = dict(params or {})
         self._kernel = triangular_kernel(self.smoothing_taps)
 
     # geometry of a detection block ------------------------------------------------------
@@ -125,6 +127,7 @@ class ESortModel:
             thresholds=self.thresholds.tolist(),
             preprocessing=self.preprocessing,
             validation=self.validation,
+            params=self.params,
         )
 
     def save(self, folder: str | Path) -> Path:
@@ -136,11 +139,24 @@ class ESortModel:
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "ESortModel":
+        """Load a model from its folder (``model.json`` + ``weights.pt``), or from the ``run_sorter`` folder
+        (or its ``sorter_output``) of an esort run."""
         folder = Path(folder)
+        for candidate in (folder, folder / "model", folder / "sorter_output" / "model"):
+            if (candidate / "model.json").is_file():
+                folder = candidate
+                break
         card_file, weights_file = folder / "model.json", folder / "weights.pt"
         if not card_file.is_file() or not weights_file.is_file():
-            raise ValueError(f"{folder} is not an esort model folder (needs model.json and weights.pt).")
+            raise ValueError(
+                f"{folder} is not an esort model folder (model.json + weights.pt) nor an esort sorter folder holding one."
+            )
         card = json.loads(card_file.read_text(encoding="utf8"))
+        if card.get("format_version", 0) > MODEL_FORMAT_VERSION:
+            raise ValueError(
+                f"{folder} holds an esort model of format {card['format_version']}; this version of "
+                f"spikeinterface-esort reads format {MODEL_FORMAT_VERSION} or older: upgrade it."
+            )
         network = ESortNetwork(**card["network"])
         network.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
         model = cls(
@@ -154,5 +170,52 @@ class ESortModel:
             thresholds=np.asarray(card["thresholds"]),
             preprocessing=card["preprocessing"],
             validation=card["validation"],
+            params=card.get("params", {}),
         )
         return model.to(device)
+
+    # reuse on other recordings ------------------------------------------------------------
+    def check_recording(self, recording) -> None:
+        """Raise ``ValueError`` when ``recording`` does not fit the model: other sampling rate, channel
+        count or channel layout (contact positions, up to a translation of the whole probe)."""
+        from .transfer import same_layout
+
+        fs = recording.get_sampling_frequency()
+        if abs(fs - self.sampling_frequency) > 1e-6 * self.sampling_frequency:
+            raise ValueError(
+                f"This esort model was trained at {self.sampling_frequency:g} Hz; the recording is sampled at {fs:g} Hz. "
+                "Resample the recording (spikeinterface.preprocessing.resample) or train a new model."
+            )
+        if recording.get_num_channels() != len(self.channel_ids):
+            raise ValueError(
+                f"This esort model reads {len(self.channel_ids)} channels; the recording has "
+                f"{recording.get_num_channels()}. Select the model's channels (recording.select_channels) or train a new model."
+            )
+        if not recording.has_channel_location():
+            raise ValueError("The recording has no channel locations (attach its probe): the model cannot check its layout.")
+        if not same_layout(recording.get_channel_locations(), self.channel_locations):
+            raise ValueError(
+                "The recording's channel layout differs from the one this esort model was trained on (contact "
+                "positions or their order); reorder its channels to the model's channel_locations or train a new model."
+            )
+
+    def sort(self, recording, folder: str | Path | None = None, job_kwargs: dict | None = None, stride: int | None = None,
+             verbose: bool = False):
+        """Sort another recording of the same probe (e.g. a later session of a chronic implant) with this model,
+        without new annotations: same preprocessing, noise normalisation, units and thresholds. Returns a
+        ``NumpySorting`` with the esort unit properties; with ``folder``, also saves it and the spike
+        probabilities there. ``stride`` defaults to the ``inference_stride`` the model was trained with."""
+        from .pipeline import sort_with_model
+
+        return sort_with_model(self, recording, folder=folder, job_kwargs=job_kwargs, stride=stride, verbose=verbose)
+
+    def fine_tune(self, recording, annotations, folder: str | Path | None = None, verbose: bool = False,
+                  **params) -> "ESortModel":
+        """A new model for ``recording`` (same probe and sampling rate), trained on ``annotations`` (a sorting in
+        the recording's time base, or the folder of one) starting from this model's backbone, with a new head
+        sized to the annotations' units. ``params`` override the sorter parameters this model was trained with
+        (e.g. ``train_duration_s``, ``annotated_spikes_per_unit``, ``epochs``, ``learning_rate``, ``freeze_layers``,
+        ``seed``). This model is left unchanged; thresholds are chosen as in ``run_sorter``."""
+        from .pipeline import fine_tune_model
+
+        return fine_tune_model(self, recording, annotations, folder=folder, verbose=verbose, **params)

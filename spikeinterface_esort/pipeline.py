@@ -18,15 +18,25 @@ from spikeinterface.core import BaseRecording, NumpySorting, select_segment_reco
 from spikeinterface.core.base import minimum_spike_dtype
 from spikeinterface.core.job_tools import ensure_chunk_size, fix_job_kwargs
 
-from .annotation import Annotations, annotate, check_annotation_source, training_window
+from .annotation import (
+    Annotations,
+    annotate,
+    check_annotation_source,
+    check_sorting_matches,
+    checked_annotations,
+    load_annotation_sorting,
+    sorting_to_annotations,
+    training_window,
+)
 from .device import resolve_device, torch_threads
 from .inference import DetectedSpikes, detect_in_recording
 from .model import ESortModel
 from .postprocessing import smoothing_taps
 from .network import network_window_samples
-from .parameters import validate_params
+from .parameters import PARAMETERS_BY_NAME, default_params, validate_params
 from .preprocessing import check_preprocessing_params, correct_motion, estimate_noise_levels, preprocess
 from .training import TrainingSplit, fit_network, load_traces, split_window
+from .transfer import Backbone, resolve_backbone
 from .validation import choose_thresholds
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -43,6 +53,7 @@ def check_inputs(recording: BaseRecording, params: dict) -> None:
     training_window(recording, params)
     check_annotation_source(recording, params)
     resolve_device(params["torch_device"])
+    resolve_backbone(params["pretrained_weights"], recording.get_channel_locations(), recording.get_sampling_frequency())
 
 
 def chunk_size_from_job_kwargs(recording: BaseRecording, job_kwargs: dict) -> int:
@@ -117,10 +128,12 @@ UNIT_PROPERTIES = (
 
 
 def set_unit_properties(
-    sorting: NumpySorting, detected: DetectedSpikes, annotations: Annotations, split: TrainingSplit, validation: dict
+    sorting: NumpySorting, detected: DetectedSpikes, annotations: Annotations, split: TrainingSplit, validation: dict,
+    k: int | None = None,
 ) -> None:
     """Per-unit summaries as sorting properties (saved with the sorting, exported to phy's cluster table):
-    mean smoothed probability of the unit's spikes, annotated spikes used for training, detection
+    mean smoothed probability of the unit's spikes, annotated spikes used for training (at most ``k`` each
+    in few-shot training), detection
     threshold, and held-out validation accuracy, precision and recall."""
     num_units = len(sorting.unit_ids)
     counts = np.bincount(detected.unit_index, minlength=num_units)
@@ -128,12 +141,73 @@ def set_unit_properties(
     mean_probability = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     in_training = annotations.sample_index < split.split
     sorting.set_property("esort_mean_probability", mean_probability.astype("float32"))
-    sorting.set_property(
-        "esort_training_spikes", np.bincount(annotations.unit_index[in_training], minlength=num_units).astype("int64")
-    )
+    training_spikes = np.bincount(annotations.unit_index[in_training], minlength=num_units)
+    if k is not None:
+        training_spikes = np.minimum(training_spikes, k)
+    sorting.set_property("esort_training_spikes", training_spikes.astype("int64"))
     for key in ("threshold", "accuracy", "precision", "recall"):
         name = key if key == "threshold" else f"validation_{key}"
         sorting.set_property(f"esort_{name}", np.array([u[key] for u in validation["units"]], dtype="float32"))
+
+
+MODEL_PARAMS_EXCLUDED = ("job_kwargs", "annotation_sorting_path", "annotation_sorter_params")
+
+
+def training_split(window, params: dict) -> TrainingSplit:
+    """Training and held-out parts of the window; few-shot training (``annotated_spikes_per_unit``) holds nothing out."""
+    if params["annotated_spikes_per_unit"] is not None:
+        return TrainingSplit(window.start_frame, window.end_frame, window.end_frame)
+    return split_window(window, params["validation_fraction"])
+
+
+def fit_model(
+    preprocessed: BaseRecording,
+    annotations: Annotations,
+    window,
+    noise_levels: np.ndarray,
+    params: dict,
+    device,
+    chunk_size: int,
+    progress_bar: bool,
+    timer: "StepTimer | None" = None,
+    backbone: Backbone | None = None,
+) -> tuple[ESortModel, TrainingSplit]:
+    """Train a network on the annotated training window of a preprocessed recording (from
+    ``backbone``, else from ``pretrained_weights`` when given) and choose its thresholds on the held-out part:
+    the model and the split."""
+    timer = timer or StepTimer()
+    fs = preprocessed.get_sampling_frequency()
+    locations = preprocessed.get_channel_locations()
+    split = training_split(window, params)
+    with timer("training"):
+        if backbone is None:
+            backbone = resolve_backbone(params["pretrained_weights"], locations, fs)
+        traces = load_traces(
+            preprocessed, window.start_frame, window.end_frame, noise_levels, chunk_size=chunk_size, progress_bar=progress_bar,
+        )
+        jitter = int(round(params["jitter_ms"] * fs / 1000.0))
+        network, history = fit_network(
+            traces, annotations, split, network_window_samples(params["window_ms"], fs), jitter, params, device,
+            progress_bar, channel_locations=locations, backbone=backbone, sampling_frequency=fs,
+        )
+        del traces
+        model = ESortModel(
+            network, fs, preprocessed.channel_ids, locations, noise_levels, annotations.unit_ids,
+            smoothing_taps(params["smoothing_ms"], fs),
+            preprocessing={
+                k: params[k] for k in ("apply_preprocessing", "freq_min", "freq_max", "common_reference", "motion_correction")
+            },
+            params={k: v for k, v in params.items() if k not in MODEL_PARAMS_EXCLUDED},
+        )
+    with timer("validation"):
+        if params["annotated_spikes_per_unit"] is not None:
+            logger.info("validation: few-shot training holds no annotation out; thresholds are not chosen on data")
+        validation = choose_thresholds(
+            model, preprocessed, annotations, (split.split, split.stop), params, chunk_size, progress_bar
+        )
+        validation["training_history"] = history
+        model.validation = validation
+    return model, split
 
 
 def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str | Path, verbose: bool = False) -> NumpySorting:
@@ -153,8 +227,6 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             recording.get_num_channels(), fs, recording.get_num_segments(), recording.get_total_duration(),
             device, job_kwargs["n_jobs"],
         )
-        window_samples = network_window_samples(params["window_ms"], fs)
-
         with timer("preprocessing"):
             preprocessed = preprocess(recording, params)
             if params["motion_correction"] is not None:
@@ -163,7 +235,6 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
                 )
             chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
             window = training_window(recording, params)
-            split = split_window(window, params["validation_fraction"])
             noise_levels = estimate_noise_levels(
                 select_segment_recording(preprocessed, 0).frame_slice(window.start_frame, window.end_frame),
                 seed=params["seed"],
@@ -173,33 +244,9 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
         with timer("annotation"):
             annotations = annotate(recording, window, params, folder, verbose)
 
-        with timer("training"):
-            traces = load_traces(
-                preprocessed, window.start_frame, window.end_frame, noise_levels,
-                chunk_size=chunk_size, progress_bar=progress_bar,
-            )
-            jitter = int(round(params["jitter_ms"] * fs / 1000.0))
-            network, history = fit_network(
-                traces, annotations, split, window_samples, jitter, params, device, progress_bar,
-                channel_locations=preprocessed.get_channel_locations(),
-            )
-            del traces
-            model = ESortModel(
-                network, fs, preprocessed.channel_ids, preprocessed.get_channel_locations(), noise_levels,
-                annotations.unit_ids, smoothing_taps(params["smoothing_ms"], fs),
-                preprocessing={
-                    k: params[k]
-                    for k in ("apply_preprocessing", "freq_min", "freq_max", "common_reference", "motion_correction")
-                },
-            )
-
-        with timer("validation"):
-            validation = choose_thresholds(
-                model, preprocessed, annotations, (split.split, split.stop), params, chunk_size, progress_bar
-            )
-            validation["training_history"] = history
-            model.validation = validation
-
+        model, split = fit_model(
+            preprocessed, annotations, window, noise_levels, params, device, chunk_size, progress_bar, timer
+        )
         with timer("inference"):
             detected = detect_in_recording(
                 model, preprocessed, chunk_size, progress_bar, stride=params["inference_stride"]
@@ -207,11 +254,11 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
         timer.seconds.update({f"inference_{k}": v for k, v in detected.timings.items()})
 
         sorting = make_sorting(detected, annotations.unit_ids, fs, recording.get_num_segments())
-        set_unit_properties(sorting, detected, annotations, split, validation)
+        set_unit_properties(sorting, detected, annotations, split, model.validation, params["annotated_spikes_per_unit"])
         logger.info("sorting: %d spikes of %d units", len(detected.sample_index), len(annotations.unit_ids))
         model.save(folder / "model")
         np.save(folder / "spike_probabilities.npy", detected.probability)
-        (folder / "validation.json").write_text(json.dumps(validation, indent=2, default=_json_default), encoding="utf8")
+        (folder / "validation.json").write_text(json.dumps(model.validation, indent=2, default=_json_default), encoding="utf8")
         (folder / "timings.json").write_text(json.dumps(timer.seconds, indent=2), encoding="utf8")
         # written under another name, then renamed: a crash never leaves a sorting that loads as complete
         partial = folder / "sorting.partial"
@@ -224,3 +271,102 @@ def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _preprocess_like_model(model: ESortModel, recording: BaseRecording, folder: Path | None, job_kwargs: dict,
+                           progress_bar: bool) -> BaseRecording:
+    """The preprocessing the model was trained with, applied to another recording of the same probe."""
+    preprocessed = preprocess(recording, model.preprocessing)
+    if model.preprocessing.get("motion_correction") is not None:
+        import tempfile
+
+        motion_folder = Path(folder) / "motion" if folder is not None else Path(tempfile.mkdtemp(prefix="esort_motion_"))
+        preprocessed = correct_motion(
+            preprocessed, model.preprocessing["motion_correction"], motion_folder, dict(job_kwargs, progress_bar=progress_bar)
+        )
+    return preprocessed
+
+
+def _optional_file_log(folder: Path | None):
+    if folder is None:
+        return contextlib.nullcontext()
+    folder.mkdir(parents=True, exist_ok=True)
+    return file_log(folder)
+
+
+def sort_with_model(
+    model: ESortModel,
+    recording: BaseRecording,
+    folder: str | Path | None = None,
+    job_kwargs: dict | None = None,
+    stride: int | None = None,
+    verbose: bool = False,
+) -> NumpySorting:
+    """Sort ``recording`` with a trained model (see ``ESortModel.sort``)."""
+    model.check_recording(recording)
+    folder = None if folder is None else Path(folder)
+    job_kwargs = resolve_job_kwargs(job_kwargs or {})
+    progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose
+    stride = int(stride or model.params.get("inference_stride", 1))
+    with _optional_file_log(folder), torch_threads(job_kwargs["n_jobs"]):
+        logger.info("sort with a saved model: %d units, %d channels, stride %d", len(model.unit_ids),
+                    recording.get_num_channels(), stride)
+        preprocessed = _preprocess_like_model(model, recording, folder, job_kwargs, progress_bar)
+        chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
+        detected = detect_in_recording(model, preprocessed, chunk_size, progress_bar, stride=stride)
+        sorting = make_sorting(detected, model.unit_ids, model.sampling_frequency, recording.get_num_segments())
+        counts = np.bincount(detected.unit_index, minlength=len(model.unit_ids))
+        sums = np.bincount(detected.unit_index, weights=detected.probability, minlength=len(model.unit_ids))
+        sorting.set_property("esort_mean_probability", np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype("float32"))
+        sorting.set_property("esort_threshold", model.thresholds.astype("float32"))
+        logger.info("sorting: %d spikes of %d units", len(detected.sample_index), len(model.unit_ids))
+        if folder is not None:
+            np.save(folder / "spike_probabilities.npy", detected.probability)
+            partial = folder / "sorting.partial"
+            sorting.save(folder=partial, overwrite=True)
+            partial.rename(folder / "sorting")
+    return sorting
+
+
+def fine_tune_model(
+    model: ESortModel,
+    recording: BaseRecording,
+    annotations,
+    folder: str | Path | None = None,
+    verbose: bool = False,
+    **overrides,
+) -> ESortModel:
+    """Train a new model on ``annotations`` of ``recording`` from ``model``'s backbone (see ``ESortModel.fine_tune``)."""
+    from spikeinterface.core import BaseSorting
+
+    params = default_params()
+    params.update({k: v for k, v in model.params.items() if k in PARAMETERS_BY_NAME})
+    params.update(overrides)
+    validate_params(params)
+    model.check_recording(recording)
+    sorting = annotations if isinstance(annotations, BaseSorting) else load_annotation_sorting(annotations)
+    source = "the fine-tuning annotations" if isinstance(annotations, BaseSorting) else f"sorting folder {annotations}"
+    check_sorting_matches(sorting, recording, source)
+    window = training_window(recording, params)
+    folder = None if folder is None else Path(folder)
+    job_kwargs = resolve_job_kwargs(params["job_kwargs"])
+    progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose
+    with _optional_file_log(folder), torch_threads(job_kwargs["n_jobs"]):
+        found = checked_annotations(sorting_to_annotations(sorting, window, 0, source), window, params)
+        preprocessed = _preprocess_like_model(model, recording, folder, job_kwargs, progress_bar)
+        chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
+        backbone = Backbone(
+            name="the saved model", state={k: v for k, v in model.network.state_dict().items() if not k.startswith("head.")},
+            window_samples=model.window_samples, sampling_frequency=model.sampling_frequency,
+            channel_locations=model.channel_locations, temporal_features=model.network.temporal_features,
+            hidden_size=model.network.hidden_size, card={},
+        )
+        params["window_ms"] = model.window_samples * 1000.0 / model.sampling_frequency
+        tuned, _ = fit_model(
+            preprocessed, found, window, model.noise_levels, params, resolve_device(params["torch_device"]),
+            chunk_size, progress_bar, backbone=backbone,
+        )
+        tuned.preprocessing = dict(model.preprocessing)
+        if folder is not None:
+            tuned.save(folder / "model")
+    return tuned

@@ -36,3 +36,17 @@ def small_recording(tmp_path_factory):
 def multi_segment_recording(tmp_path_factory):
     """Two segments of 20 s and 10 s, 16 channels, 6 units."""
     return generate(tmp_path_factory.mktemp("gt16x2"), [20.0, 10.0], 16, 6, seed=5)
+
+
+@pytest.fixture(scope="session")
+def small_esort_run(small_recording, tmp_path_factory):
+    """esort run with run_sorter on ``small_recording``, trained on ground truth of its first 8 s:
+    (run_sorter folder, sorting)."""
+    import spikeinterface.sorters as ss
+
+    import spikeinterface_esort  # noqa: F401
+
+    recording, _, gt_folder = small_recording
+    folder = tmp_path_factory.mktemp("esort_small") / "esort_output"
+    sorting = ss.run_sorter("esort", recording, folder=folder, annotation_sorting_path=str(gt_folder), train_duration_s=8.0)
+    return folder, sorting

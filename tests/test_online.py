@@ -1,0 +1,44 @@
+"""Online sorting: chunks pushed as an acquisition system delivers them give the offline spikes."""
+
+import numpy as np
+import pytest
+
+from spikeinterface_esort import ESortModel, OnlineSorter
+from spikeinterface_esort.online import stream
+
+
+@pytest.mark.parametrize("chunk_samples", [7, 1000, 30000])
+def test_concatenated_online_output_equals_the_offline_sort(small_recording, small_esort_run, chunk_samples):
+    recording = small_recording[0]
+    model = ESortModel.load(small_esort_run[0])
+    offline = model.sort(recording).to_spike_vector()
+    traces = recording.get_traces(return_in_uV=False)
+    sorter = OnlineSorter(model)
+    online, seconds = stream(sorter, traces, chunk_samples)
+    assert len(seconds) == -(-len(traces) // chunk_samples)
+    np.testing.assert_array_equal(online.sample_index, offline["sample_index"])
+    np.testing.assert_array_equal(online.unit_index, offline["unit_index"])
+    # the buffer stays bounded: what the next decision needs, not the stream
+    assert len(sorter._buffer) <= sorter.margin_before + sorter.lookahead_samples + chunk_samples + 2 * sorter.filter_margin
+
+
+def test_spikes_come_out_within_the_lookahead(small_recording, small_esort_run):
+    recording = small_recording[0]
+    model = ESortModel.load(small_esort_run[0])
+    sorter = OnlineSorter(model)
+    traces = recording.get_traces(return_in_uV=False)
+    for start in range(0, len(traces), 3000):
+        spikes = sorter.push(traces[start : start + 3000])
+        if len(spikes.sample_index):
+            assert spikes.sample_index.max() < sorter.samples_received - sorter.lookahead_samples
+            assert spikes.sample_index.min() >= sorter.samples_received - 3000 - sorter.lookahead_samples
+    assert 0 < sorter.lookahead_ms < 50
+
+
+def test_online_refuses_wrong_chunks_and_motion_correction(small_esort_run):
+    model = ESortModel.load(small_esort_run[0])
+    with pytest.raises(ValueError, match=r"\(samples, 8\)"):
+        OnlineSorter(model).push(np.zeros((100, 5), dtype="float32"))
+    model.preprocessing["motion_correction"] = "dredge_fast"
+    with pytest.raises(ValueError, match="motion correction"):
+        OnlineSorter(model)
