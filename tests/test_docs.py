@@ -47,3 +47,20 @@ def test_readme_demo_command_runs(command, tmp_path):
     row = re.search(r"esort \(ground_truth annotations\)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)", result.stdout)
     assert row and float(row.group(1)) > 0.85, result.stdout
     assert (tmp_path / "esort_demo" / "esort" / "sorter_output" / "sorting").is_dir()
+
+
+def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
+    guide = (ROOT / "docs" / "user-guide.md").read_text()
+    blocks = fenced_blocks(guide, "python")
+    assert len(blocks) >= 7
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/user-guide.md python block {i + 1}", "exec"), namespace)
+    printed = capsys.readouterr().out
+    accuracy = float(re.search(r"held-out accuracy ([0-9.]+)", printed).group(1))
+    assert accuracy > 0.85, printed
+    assert "esort_validation_accuracy" in printed
+    assert (tmp_path / "guide" / "tuned_model" / "model.json").is_file()
+    # the install block is the README's
+    assert fenced_blocks(guide, "bash")[0].strip() == fenced_blocks(README, "bash")[0].strip()
