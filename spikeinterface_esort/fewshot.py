@@ -69,7 +69,7 @@ def annotation_reduction(stats: pd.DataFrame, numeric_ks: list[int]) -> list[str
     lines = []
     ks = np.asarray(numeric_ks, dtype=float)
     pre = np.asarray([stats.loc[str(k), ("mean", "pretrained")] for k in numeric_ks])
-    for k in numeric_ks:
+    for k in numeric_ks[1:]:
         target = stats.loc[str(k), ("mean", "scratch")]
         if pre[0] >= target:
             lines.append(f"k={k}: the pretrained network at k={numeric_ks[0]} already matches scratch "
@@ -120,14 +120,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recording-seed", type=int, default=900)
     parser.add_argument("--windows-per-spike", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--from-csv", action="store_true", help="rebuild the table and plot from <out>/fewshot.csv")
     args = parser.parse_args(argv)
     command = "python -m spikeinterface_esort.fewshot " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     ks = [k if k == "all" else int(k) for k in args.k]
-    results = run(Path(args.folder), args.backbone, ks, args.seeds, args.channels, args.units, args.duration,
-                  args.recording_seed, args.windows_per_spike, args.epochs)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out / "fewshot.csv", index=False)
+    if args.from_csv:
+        results = pd.read_csv(out / "fewshot.csv", dtype={"k": str})
+        command = (out / "fewshot.md").read_text().splitlines()[0].removeprefix("Command: `").removesuffix("`")
+    else:
+        results = run(Path(args.folder), args.backbone, ks, args.seeds, args.channels, args.units, args.duration,
+                      args.recording_seed, args.windows_per_spike, args.epochs)
+        out.mkdir(parents=True, exist_ok=True)
+        results.to_csv(out / "fewshot.csv", index=False)
     table, stats = summary_table(results, ks)
     numeric = [k for k in ks if k != "all"]
     times = results.groupby("init")["time_s"].mean()
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         *[f"- {line}" for line in annotation_reduction(stats, numeric)],
         "",
-        f"Mean wall time of one run_sorter (s): {times.to_dict()}",
+        "Mean wall time of one run_sorter (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()),
     ])
     (out / "fewshot.md").write_text(text + "\n", encoding="utf8")
     plot(results, ks, out / "fewshot.png")

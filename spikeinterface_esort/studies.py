@@ -82,7 +82,8 @@ def noise_study(folder: Path, seed: int = 0, duration_s: float = 60.0, noise_lev
 def _sessions(folder: Path, seed: int, duration_s: float, num_units: int = 10):
     """Two recordings of the same neurons (same templates, generator seed ``seed``) on the same 32-channel
     probe, with new spike trains and noise in the second (seed + 1): a chronic implant's two sessions."""
-    from spikeinterface.core import generate_ground_truth_recording, generate_templates, generate_unit_locations
+    from spikeinterface.core import generate_ground_truth_recording, generate_templates
+    from spikeinterface.core.generate import generate_unit_locations
 
     from .datasets import make_probe
 
