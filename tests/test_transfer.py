@@ -87,3 +87,30 @@ def test_few_shot_training_uses_only_the_first_k_spikes_of_each_unit(small_recor
     assert (sorting.get_property("esort_training_spikes") == 5).all()
     assert np.allclose(sorting.get_property("esort_threshold"), 0.5)
     assert "(first 5 per unit)" in (tmp_path / "out" / "sorter_output" / "esort.log").read_text()
+
+
+def test_pretrain_command_writes_a_backbone_the_sorter_can_load(tmp_path):
+    from spikeinterface_esort.pretrain import main
+
+    main(["--layout", "grid", "--channels", "8", "--seeds", "1", "2", "--units", "3", "--duration", "6",
+          "--epochs", "2", "--out", str(tmp_path / "out"), "--work-folder", str(tmp_path / "work")])
+    card = json.loads((tmp_path / "out" / "grid-8ch-30khz.json").read_text())
+    assert card["training_data"]["seeds"] == [1, 2] and card["training_data"]["noise_levels_uv"] == [5.0, 10.0]
+    assert len(card["validation"]["recordings"]) == 2 and card["recipe"]["epochs_run"] == 2
+    backbone = load_backbone(tmp_path / "out" / "grid-8ch-30khz.pt")
+    assert backbone.channel_locations.shape == (8, 2) and backbone.window_samples == 60
+    assert "--channels 8" in (tmp_path / "out" / "grid-8ch-30khz.md").read_text()
+
+
+def test_annotation_reduction_reads_the_curves():
+    import pandas as pd
+
+    from spikeinterface_esort.fewshot import annotation_reduction, summary_table
+
+    rows = [dict(k=str(k), init=init, seed=s, accuracy=acc)
+            for k, (scratch, pretrained) in {5: (0.5, 0.7), 10: (0.6, 0.8), 20: (0.9, 0.95)}.items()
+            for init, acc in (("scratch", scratch), ("pretrained", pretrained)) for s in (0, 1)]
+    _, stats = summary_table(pd.DataFrame(rows), [5, 10, 20])
+    lines = annotation_reduction(stats, [5, 10, 20])
+    assert "at least 50% fewer" in lines[0]  # pretrained at 5 (0.7) beats scratch at 10 (0.6)
+    assert "k~16.7" in lines[1]  # 0.9 reached between 10 (0.8) and 20 (0.95)
