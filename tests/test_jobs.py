@@ -1,5 +1,6 @@
 """Many recordings: run_sorter_jobs with esort in worker processes that never imported spikeinterface_esort."""
 
+import multiprocessing
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ def test_a_fresh_python_that_imports_spikeinterface_knows_esort():
 
 @pytest.mark.parametrize("engine, engine_kwargs", [
     ("joblib", dict(n_jobs=2)),  # loky: fresh worker processes
-    ("processpoolexecutor", dict(max_workers=2, mp_context="spawn")),
+    # SpikeInterface hands mp_context to ProcessPoolExecutor, which wants a context object
+    ("processpoolexecutor", dict(max_workers=2, mp_context=multiprocessing.get_context("spawn"))),
 ])
 def test_run_sorter_jobs_engines(engine, engine_kwargs, small_recording, multi_segment_recording, tmp_path):
     jobs = []
