@@ -49,8 +49,9 @@ def run(folder: Path, backbone: str, ks: list, seeds: list[int], channels: int, 
     return pd.DataFrame(rows)
 
 
-def summary_table(results: pd.DataFrame, ks: list) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of held-out accuracy, per k and initialisation."""
+def summary_table(results: pd.DataFrame, ks: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The Markdown-ready table, and the mean and standard deviation over seeds of held-out accuracy per k
+    and initialisation."""
     stats = results.groupby(["k", "init"])["accuracy"].agg(["mean", "std"]).unstack("init")
     stats = stats.reindex([str(k) for k in ks])
     table = pd.DataFrame({

@@ -21,6 +21,16 @@ from .postprocessing import detect_spikes, detection_margin, strided_taps, trian
 MODEL_FORMAT_VERSION = 1
 
 
+def find_model_folder(folder: str | Path) -> Path:
+    """The model folder (holding ``model.json``) of a model folder, a ``sorter_output`` folder or a
+    ``run_sorter`` folder of esort; ``folder`` itself when none holds one."""
+    folder = Path(folder)
+    for candidate in (folder, folder / "model", folder / "sorter_output" / "model"):
+        if (candidate / "model.json").is_file():
+            return candidate
+    return folder
+
+
 class ESortModel:
     """A trained E-Sort network with its recording metadata and detection thresholds."""
 
@@ -141,11 +151,7 @@ class ESortModel:
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> "ESortModel":
         """Load a model from its folder (``model.json`` + ``weights.pt``), or from the ``run_sorter`` folder
         (or its ``sorter_output``) of an esort run."""
-        folder = Path(folder)
-        for candidate in (folder, folder / "model", folder / "sorter_output" / "model"):
-            if (candidate / "model.json").is_file():
-                folder = candidate
-                break
+        folder = find_model_folder(folder)
         card_file, weights_file = folder / "model.json", folder / "weights.pt"
         if not card_file.is_file() or not weights_file.is_file():
             raise ValueError(

@@ -36,7 +36,7 @@ from .network import network_window_samples
 from .parameters import PARAMETERS_BY_NAME, default_params, validate_params
 from .preprocessing import check_preprocessing_params, correct_motion, estimate_noise_levels, preprocess
 from .training import TrainingSplit, fit_network, load_traces, split_window
-from .transfer import Backbone, resolve_backbone
+from .transfer import Backbone, model_backbone, resolve_backbone
 from .validation import choose_thresholds
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -127,6 +127,13 @@ UNIT_PROPERTIES = (
 )
 
 
+def mean_probabilities(detected: DetectedSpikes, num_units: int) -> np.ndarray:
+    """Mean smoothed probability of each unit's spikes (NaN for a unit without spikes), float32."""
+    counts = np.bincount(detected.unit_index, minlength=num_units)
+    sums = np.bincount(detected.unit_index, weights=detected.probability, minlength=num_units)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype("float32")
+
+
 def set_unit_properties(
     sorting: NumpySorting, detected: DetectedSpikes, annotations: Annotations, split: TrainingSplit, validation: dict,
     k: int | None = None,
@@ -136,11 +143,8 @@ def set_unit_properties(
     in few-shot training), detection
     threshold, and held-out validation accuracy, precision and recall."""
     num_units = len(sorting.unit_ids)
-    counts = np.bincount(detected.unit_index, minlength=num_units)
-    sums = np.bincount(detected.unit_index, weights=detected.probability, minlength=num_units)
-    mean_probability = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     in_training = annotations.sample_index < split.split
-    sorting.set_property("esort_mean_probability", mean_probability.astype("float32"))
+    sorting.set_property("esort_mean_probability", mean_probabilities(detected, num_units))
     training_spikes = np.bincount(annotations.unit_index[in_training], minlength=num_units)
     if k is not None:
         training_spikes = np.minimum(training_spikes, k)
@@ -315,9 +319,7 @@ def sort_with_model(
         chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
         detected = detect_in_recording(model, preprocessed, chunk_size, progress_bar, stride=stride)
         sorting = make_sorting(detected, model.unit_ids, model.sampling_frequency, recording.get_num_segments())
-        counts = np.bincount(detected.unit_index, minlength=len(model.unit_ids))
-        sums = np.bincount(detected.unit_index, weights=detected.probability, minlength=len(model.unit_ids))
-        sorting.set_property("esort_mean_probability", np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype("float32"))
+        sorting.set_property("esort_mean_probability", mean_probabilities(detected, len(model.unit_ids)))
         sorting.set_property("esort_threshold", model.thresholds.astype("float32"))
         logger.info("sorting: %d spikes of %d units", len(detected.sample_index), len(model.unit_ids))
         if folder is not None:
@@ -355,12 +357,7 @@ def fine_tune_model(
         found = checked_annotations(sorting_to_annotations(sorting, window, 0, source), window, params)
         preprocessed = _preprocess_like_model(model, recording, folder, job_kwargs, progress_bar)
         chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
-        backbone = Backbone(
-            name="the saved model", state={k: v for k, v in model.network.state_dict().items() if not k.startswith("head.")},
-            window_samples=model.window_samples, sampling_frequency=model.sampling_frequency,
-            channel_locations=model.channel_locations, temporal_features=model.network.temporal_features,
-            hidden_size=model.network.hidden_size, card={},
-        )
+        backbone = model_backbone(model)
         params["window_ms"] = model.window_samples * 1000.0 / model.sampling_frequency
         tuned, _ = fit_model(
             preprocessed, found, window, model.noise_levels, params, resolve_device(params["torch_device"]),

@@ -40,7 +40,15 @@ from .parameters import default_params
 from .pipeline import make_sorting
 from .postprocessing import smoothing_taps
 from .preprocessing import estimate_noise_levels, preprocess
-from .training import DriftAugmentation, WindowSampler, _batches, drift_augmentation_range, gather_windows, load_traces
+from .training import (
+    DriftAugmentation,
+    WindowSampler,
+    _batches,
+    drift_augmentation_range,
+    evaluate_loss,
+    gather_windows,
+    load_traces,
+)
 from .transfer import backbone_state
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -136,7 +144,8 @@ def pretrain(
             loss.backward()
             optimiser.step()
             total += float(loss.detach())
-        validation = float(np.mean([_validation_loss(net, d, window, params["batch_size"]) for net, d in zip(networks, datasets)]))
+        validation = float(np.mean([evaluate_loss(net, d["traces"], d["validation_windows"], params["batch_size"])
+                                    for net, d in zip(networks, datasets)]))
         history.append(dict(epoch=epoch + 1, train_loss=total / max(len(batches), 1), validation_loss=validation,
                             seconds=time.perf_counter() - t0))
         print(f"pretrain epoch {epoch + 1}/{epochs}: train {history[-1]['train_loss']:.4f} "
@@ -203,13 +212,6 @@ def pretrain(
     (out / f"{name}.json").write_text(json.dumps(card, indent=1), encoding="utf8")
     (out / f"{name}.md").write_text(card_markdown(card), encoding="utf8")
     return card
-
-
-@torch.no_grad()
-def _validation_loss(net: ESortNetwork, d: dict, window: int, batch_size: int) -> float:
-    from .training import evaluate_loss
-
-    return evaluate_loss(net, d["traces"], d["validation_windows"], batch_size)
 
 
 def card_markdown(card: dict) -> str:

@@ -80,10 +80,13 @@ def same_layout(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def load_backbone(path: str | Path) -> Backbone:
-    """A backbone from ``<name>.pt`` + ``<name>.json``, or from a saved esort model folder."""
+    """A backbone from ``<name>.pt`` + ``<name>.json``, or from a saved esort model (its folder, or the
+    ``sorter_output`` or ``run_sorter`` folder holding it)."""
+    from .model import find_model_folder
+
     path = Path(path)
-    if path.is_dir() and (path / "model").is_dir() and not (path / "model.json").exists():
-        path = path / "model"  # a sorter_output folder
+    if path.is_dir():
+        path = find_model_folder(path)
     if path.is_dir():
         card_file, weights_file = path / "model.json", path / "weights.pt"
     else:
@@ -115,6 +118,17 @@ def load_backbone(path: str | Path) -> Backbone:
     return backbone
 
 
+def model_backbone(model) -> Backbone:
+    """The backbone of a trained ``ESortModel`` (every layer but its head), to start another network from."""
+    network = model.network
+    return Backbone(
+        name="the saved model", state={k: v for k, v in network.state_dict().items() if not k.startswith("head.")},
+        window_samples=network.window_samples, sampling_frequency=model.sampling_frequency,
+        channel_locations=model.channel_locations, temporal_features=network.temporal_features,
+        hidden_size=network.hidden_size, card={},
+    )
+
+
 def resolve_backbone(value: str | None, channel_locations: np.ndarray, sampling_frequency: float) -> Backbone | None:
     """The backbone named by the ``pretrained_weights`` parameter: None; 'auto' (the shipped backbone of
     the same layout and sampling rate, else of the same sampling rate, else any); a shipped name; or a path."""
@@ -125,16 +139,18 @@ def resolve_backbone(value: str | None, channel_locations: np.ndarray, sampling_
         if not names:
             logger.info("transfer: no shipped backbone; training from scratch")
             return None
-        backbones = [load_backbone(pretrained_folder() / f"{name}.pt") for name in names]
+        # ranked on the cards alone; only the chosen backbone's weights are read
+        cards = {name: json.loads((pretrained_folder() / f"{name}.json").read_text(encoding="utf8")) for name in names}
 
-        def rank(b: Backbone) -> tuple:
+        def rank(name: str) -> tuple:
+            locations = np.asarray(cards[name]["channel_locations"], dtype="float64")
             return (
-                same_layout(b.channel_locations, channel_locations),
-                abs(b.sampling_frequency - sampling_frequency) < 1e-6,
-                -abs(len(b.channel_locations) - len(channel_locations)),
+                same_layout(locations, channel_locations),
+                abs(float(cards[name]["sampling_frequency"]) - sampling_frequency) < 1e-6,
+                -abs(len(locations) - len(channel_locations)),
             )
 
-        return max(backbones, key=rank)
+        return load_backbone(pretrained_folder() / f"{max(names, key=rank)}.pt")
     if value in names:
         return load_backbone(pretrained_folder() / f"{value}.pt")
     path = Path(value)

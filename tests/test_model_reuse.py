@@ -64,3 +64,12 @@ def test_fine_tune_refuses_annotations_of_another_rate(small_recording, small_es
     other = si.NumpySorting.from_unit_dict({0: np.array([100, 200])}, sampling_frequency=20000.0)
     with pytest.raises(ValueError, match="sampling frequency"):
         model.fine_tune(recording, other)
+
+
+def test_a_previous_run_is_a_backbone_for_pretrained_weights(small_esort_run):
+    from spikeinterface_esort.transfer import load_backbone
+
+    folder = small_esort_run[0]
+    for path in (folder, folder / "sorter_output", folder / "sorter_output" / "model"):
+        backbone = load_backbone(path)
+        assert backbone.channel_locations.shape == (8, 2) and "head.weight" not in backbone.state
