@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .network import ESortNetwork
+from .network import ESortNetwork, FoldedNetwork
 from .postprocessing import detect_spikes, detection_margin, strided_taps, triangular_kernel
 
 MODEL_FORMAT_VERSION = 1
@@ -62,6 +62,7 @@ class ESortModel:
         self.validation = validation or {}
         self.params = dict(params or {})
         self._kernel = triangular_kernel(self.smoothing_taps)
+        self._folded: tuple | None = None  # (weights' state, FoldedNetwork), rebuilt when the weights change
 
     # geometry of a detection block ------------------------------------------------------
     @property
@@ -91,12 +92,28 @@ class ESortModel:
         noise = torch.as_tensor(self.noise_levels, device=traces.device)
         return (traces.to(torch.float32) / noise).T
 
+    @property
+    def inference_dtype(self) -> str:
+        """Precision of the spatial filter and head at inference (the ``inference_dtype`` parameter)."""
+        return self.params.get("inference_dtype", "float32")
+
+    def folded_network(self) -> FoldedNetwork:
+        """The network in eval mode with its batch norms folded (see ``FoldedNetwork``); rebuilt only when
+        the weights, device or ``inference_dtype`` change."""
+        tensors = list(self.network.parameters()) + list(self.network.buffers())
+        state = (self.inference_dtype, str(self.device), tuple((t.data_ptr(), t._version) for t in tensors))
+        if self._folded is None or self._folded[0] != state:
+            if self.inference_dtype == "float16" and self.device.type != "cuda":
+                raise ValueError("inference_dtype 'float16' needs a CUDA device; on a CPU use 'bfloat16' or 'float32'.")
+            self.network.eval()
+            self._folded = (state, FoldedNetwork(self.network, self.inference_dtype))
+        return self._folded[1]
+
     @torch.no_grad()
     def probabilities(self, traces: torch.Tensor, stride: int = 1) -> torch.Tensor:
         """Firing probabilities (units, points) of a block of preprocessed traces (samples, channels); point i
         is centred on block sample i * stride + network.window_center (every sample when stride is 1)."""
-        self.network.eval()
-        return torch.sigmoid(self.network(self.normalise(traces).unsqueeze(0), stride)[0])
+        return torch.sigmoid(self.folded_network()(self.normalise(traces), stride))
 
     @torch.no_grad()
     def spikes(
@@ -206,14 +223,16 @@ class ESortModel:
             )
 
     def sort(self, recording, folder: str | Path | None = None, job_kwargs: dict | None = None, stride: int | None = None,
-             verbose: bool = False):
+             verbose: bool = False, inference_dtype: str | None = None):
         """Sort another recording of the same probe (e.g. a later session of a chronic implant) with this model,
         without new annotations: same preprocessing, noise normalisation, units and thresholds. Returns a
         ``NumpySorting`` with the esort unit properties; with ``folder``, also saves it and the spike
-        probabilities there. ``stride`` defaults to the ``inference_stride`` the model was trained with."""
+        probabilities there. ``stride`` and ``inference_dtype`` default to the ``inference_stride`` and
+        ``inference_dtype`` the model was trained with."""
         from .pipeline import sort_with_model
 
-        return sort_with_model(self, recording, folder=folder, job_kwargs=job_kwargs, stride=stride, verbose=verbose)
+        return sort_with_model(self, recording, folder=folder, job_kwargs=job_kwargs, stride=stride, verbose=verbose,
+                               inference_dtype=inference_dtype)
 
     def fine_tune(self, recording, annotations, folder: str | Path | None = None, verbose: bool = False,
                   **params) -> "ESortModel":

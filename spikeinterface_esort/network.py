@@ -108,3 +108,79 @@ class ESortNetwork(nn.Module):
             temporal_features=list(self.temporal_features),
             hidden_size=self.hidden_size,
         )
+
+
+# inference: the same network with its batch norms folded into the weights -----------------------
+
+INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class FoldedNetwork:
+    """An ``ESortNetwork`` in eval mode with every BatchNorm folded into the layer before it, for inference.
+
+    The temporal batch norms scale and shift each electrode channel: the first scale multiplies the input
+    channel (``input_scale``), the shifts become per-channel biases, the second scale per-channel temporal-2
+    weights. The spatial batch norm folds into the spatial weights. The result equals ``network.eval()``'s
+    logits up to float rounding, without the BatchNorm passes over the (channels x 16 x samples) features,
+    and is evaluated in blocks of windows so those features stay small (about 16 MB at float32).
+    ``dtype`` is the precision of every layer (the normalised input included; logits are returned as float32):
+    float32 (exact), bfloat16 (CPUs with AVX-512 BF16 or AMX, GPUs) or float16 (GPUs).
+    """
+
+    def __init__(self, network: "ESortNetwork", dtype: str = "float32"):
+        if dtype not in INFERENCE_DTYPES:
+            raise ValueError(f"inference dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+        self.window_samples = network.window_samples
+        self.dtype = getattr(torch, dtype)
+        with torch.no_grad():
+            a1, d1 = _batch_norm_affine(network.temporal1_norm)  # (C,)
+            a2, d2 = _batch_norm_affine(network.temporal2_norm)
+            a3, d3 = _batch_norm_affine(network.spatial_norm)  # (H,)
+            f1, f2 = network.temporal_features
+            dt = self.dtype
+            self.input_scale = a1  # multiplies input channel c before the shared temporal filter
+            self.temporal1_weight = network.temporal1.weight.detach().to(dt).contiguous()  # (f1, 1, T)
+            self.temporal1_bias = (a1[:, None] * network.temporal1.bias[None, :] + d1[:, None])[..., None].to(dt)  # (C, f1, 1)
+            w2 = network.temporal2.weight.detach()[:, :, 0]  # (f2, f1)
+            self.temporal2_weight = (a2[:, None, None] * w2[None]).to(dt).contiguous()  # (C, f2, f1)
+            self.temporal2_bias = (a2[:, None] * network.temporal2.bias[None, :] + d2[:, None])[..., None].to(dt)
+            ws = network.spatial.weight.detach()[:, :, 0]  # (H, C*f2)
+            self.spatial_weight = (a3[:, None] * ws).to(dt).contiguous()
+            self.spatial_bias = (a3 * network.spatial.bias + d3)[:, None].to(dt)
+            self.head_weight = network.head.weight.detach()[:, :, 0].to(dt).contiguous()
+            self.head_bias = network.head.bias.detach()[:, None].to(dt)
+        self.num_features = self.spatial_weight.shape[1]
+
+    def block_windows(self, device: torch.device) -> int:
+        """Windows per block: (channels x 16 features x block) about 4 M values on CPU; 64 k windows on GPU."""
+        if device.type != "cpu":
+            return 65536
+        return int(min(8192, max(256, (1 << 22) // self.num_features)))
+
+    @torch.no_grad()
+    def __call__(self, traces: torch.Tensor, stride: int = 1) -> torch.Tensor:
+        """Logits (units, windows) of normalised traces (channels, samples), for the windows starting at samples
+        0, stride, 2 * stride, ... (as ``ESortNetwork.forward`` for one trace)."""
+        channels, samples = traces.shape
+        if samples < self.window_samples:
+            raise ValueError(f"ESortNetwork needs at least {self.window_samples} samples, got {samples}.")
+        x = (traces * self.input_scale[:, None]).to(self.dtype).unsqueeze(1)  # (C, 1, L)
+        windows = (samples - self.window_samples) // stride + 1
+        block = self.block_windows(traces.device)
+        out = []
+        for first in range(0, windows, block):
+            count = min(block, windows - first)
+            start = first * stride
+            part = x[..., start : start + (count - 1) * stride + self.window_samples]
+            y = torch.relu_(F.conv1d(part, self.temporal1_weight, stride=stride) + self.temporal1_bias)  # (C, f1, n)
+            y = torch.relu_(torch.baddbmm(self.temporal2_bias, self.temporal2_weight, y))  # (C, f2, n)
+            y = y.reshape(channels * y.shape[1], count)
+            h = torch.relu_(torch.addmm(self.spatial_bias, self.spatial_weight, y))  # (H, n)
+            out.append(torch.addmm(self.head_bias, self.head_weight, h).float())
+        return torch.cat(out, dim=1)
+
+
+def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of a BatchNorm in eval mode: y = scale * x + shift, per channel."""
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    return scale.detach(), (norm.bias - scale * norm.running_mean).detach()

@@ -170,6 +170,10 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Run the network on one sample in inference_stride (1: every sample, the exact dense evaluation); "
               "spike times are refined between evaluated samples by parabolic interpolation. Thresholds are "
               "chosen with the same stride.", minimum=1, maximum=16),
+    Parameter("inference_dtype", "float32", (str,), "inference",
+              "Precision of the network at inference and threshold choice: 'float32' (exact), 'bfloat16' (CPUs with AVX-512 BF16 or AMX, and GPUs; see docs/speed.md) "
+              "or 'float16' (GPUs only). Training is always float32.",
+              choices=("float32", "bfloat16", "float16")),
     # postprocessing
     Parameter("smoothing_ms", 0.53, (float,), "postprocessing",
               "Width of the triangular kernel smoothing each unit's probability trace, in ms "

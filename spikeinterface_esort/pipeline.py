@@ -8,6 +8,7 @@ recording -> preprocessing -> annotation -> training -> validation (thresholds)
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -52,7 +53,9 @@ def check_inputs(recording: BaseRecording, params: dict) -> None:
     network_window_samples(params["window_ms"], recording.get_sampling_frequency())
     training_window(recording, params)
     check_annotation_source(recording, params)
-    resolve_device(params["torch_device"])
+    if params["inference_dtype"] == "float16" and resolve_device(params["torch_device"]).type != "cuda":
+        raise ValueError("esort parameter 'inference_dtype'='float16' needs a CUDA device (torch_device); "
+                         "on a CPU use 'bfloat16' or 'float32'.")
     resolve_backbone(params["pretrained_weights"], recording.get_channel_locations(), recording.get_sampling_frequency())
 
 
@@ -305,9 +308,15 @@ def sort_with_model(
     job_kwargs: dict | None = None,
     stride: int | None = None,
     verbose: bool = False,
+    inference_dtype: str | None = None,
 ) -> NumpySorting:
     """Sort ``recording`` with a trained model (see ``ESortModel.sort``)."""
     model.check_recording(recording)
+    if inference_dtype is not None:  # a copy of the model's parameters: the model itself is left as it was
+        PARAMETERS_BY_NAME["inference_dtype"].check(inference_dtype)
+        model = copy.copy(model)
+        model.params = dict(model.params, inference_dtype=inference_dtype)
+        model._folded = None
     folder = None if folder is None else Path(folder)
     job_kwargs = resolve_job_kwargs(job_kwargs or {})
     progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose

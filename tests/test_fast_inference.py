@@ -1,0 +1,68 @@
+"""The fast inference paths agree with the exact one: batch norms folded into the weights (always on), and
+bfloat16 (``inference_dtype``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spikeinterface_esort import ESortModel
+from spikeinterface_esort.datasets import held_out_performance
+from spikeinterface_esort.network import ESortNetwork, FoldedNetwork
+
+
+def trained_like_network(channels: int, units: int = 5) -> ESortNetwork:
+    """A network whose batch norms have non-trivial statistics and affine weights (some negative)."""
+    torch.manual_seed(1)
+    network = ESortNetwork(channels, 30, units)
+    for norm in (network.temporal1_norm, network.temporal2_norm, network.spatial_norm):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.3, 3)
+        norm.weight.data.uniform_(-1.5, 1.5)
+        norm.bias.data.uniform_(-1, 1)
+    return network.eval()
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_folded_network_equals_the_network_across_blocks(stride):
+    network = trained_like_network(8)
+    folded = FoldedNetwork(network)
+    traces = torch.randn(8, 3 * folded.block_windows(torch.device("cpu")) * stride + 101)  # several blocks
+    with torch.no_grad():
+        expected = network(traces.unsqueeze(0), stride)[0]
+    got = folded(traces, stride)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    low = FoldedNetwork(network, "bfloat16")(traces, stride)
+    assert low.dtype == torch.float32 and (low - expected).abs().max() < 0.1
+
+
+def test_model_refolds_when_its_weights_change(small_esort_run):
+    folder, _ = small_esort_run
+    model = ESortModel.load(folder)
+    traces = torch.randn(3000, model.network.num_channels)
+    before = model.probabilities(traces)
+    with torch.no_grad():
+        model.network.head.bias += 1.0  # e.g. a fine-tune step
+    after = model.probabilities(traces)
+    assert (after > before).all()
+    model.params["inference_dtype"] = "float16"
+    with pytest.raises(ValueError, match="float16"):
+        model.probabilities(traces)  # CPU
+
+
+def test_bfloat16_sorts_like_float32(small_recording, small_esort_run):
+    recording, truth, _ = small_recording
+    folder, exact = small_esort_run
+    model = ESortModel.load(folder)
+    fast = model.sort(recording, inference_dtype="bfloat16")
+    assert model.inference_dtype == "float32"  # the model itself is unchanged
+    start = 8 * 30000
+    exact_accuracy = held_out_performance(exact, truth, start)["accuracy"]
+    fast_accuracy = held_out_performance(fast, truth, start)["accuracy"]
+    assert abs(fast_accuracy.mean() - exact_accuracy.mean()) <= 0.01
+    # nearly every spike the same, at the same sample
+    for unit_id in exact.unit_ids:
+        a, b = exact.get_unit_spike_train(unit_id), fast.get_unit_spike_train(unit_id)
+        assert len(np.intersect1d(a, b)) >= 0.95 * max(len(a), len(b))
