@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 
-def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int) -> dict:
+def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
+            dtype: str = "float32") -> dict:
     """One configuration, in this process."""
     import numpy as np
     import torch
@@ -50,7 +51,7 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     network = ESortNetwork(channels, network_window_samples(params["window_ms"], fs), units)
     model = ESortModel(
         network, fs, recording.channel_ids, recording.get_channel_locations(), np.ones(channels), np.arange(units),
-        smoothing_taps(params["smoothing_ms"], fs), thresholds=np.full(units, 0.9),
+        smoothing_taps(params["smoothing_ms"], fs), thresholds=np.full(units, 0.9), params=dict(inference_dtype=dtype),
     ).to(resolve_device(device))
     preprocessed = preprocess(recording, params)
     t0 = time.perf_counter()
@@ -59,41 +60,47 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     seconds = recording.get_total_duration()
     t = detected.timings
     return dict(
-        channels=channels, units=units, stride=stride, device=str(model.device), threads=threads,
+        channels=channels, units=units, stride=stride, dtype=dtype, device=str(model.device), threads=threads,
         duration_s=seconds,
         rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
+        rtf_network_and_postprocessing=seconds / (t["network_s"] + t["postprocessing_s"]),
         rtf_inference=seconds / wall, read_s=t["read_s"], network_s=t["network_s"],
         postprocessing_s=t["postprocessing_s"], wall_s=wall,
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     )
 
 
-ACCURACY_DATASETS = {  # name: (channels, units, duration_s, seed)
-    "64ch-30u-60s": (64, 30, 60.0, 0),
-    "8ch-4u-12s": (8, 4, 12.0, 3),
+ACCURACY_DATASETS = {  # name: (channels, units, duration_s, seed, layout); 384 channels: see docs/benchmarks.md
+    "64ch-30u-60s": (64, 30, 60.0, 0, "grid"),
+    "8ch-4u-12s": (8, 4, 12.0, 3, "grid"),
 }
 
 
-def accuracy_by_stride(folder: Path, strides: list[int]) -> list[dict]:
-    """Held-out accuracy of full esort runs per stride (trained on the first half with ground truth)."""
+def accuracy_by_path(folder: Path, paths: list[tuple[int, str]], datasets: list[str], threads: int) -> list[dict]:
+    """Held-out accuracy of full ``run_sorter("esort")`` runs per inference path (stride, dtype) against the
+    exact one (stride 1, float32): trained on the ground truth of the first half with the same seed (so the
+    same network), thresholds chosen with the path, as a user gets it; scored on the second half."""
     import spikeinterface_esort  # noqa: F401  (registers "esort")
 
     from .datasets import generate_dataset, sort_and_score
 
     rows = []
-    for name, (channels, units, duration_s, seed) in ACCURACY_DATASETS.items():
+    for name in datasets:
+        channels, units, duration_s, seed, layout = ACCURACY_DATASETS[name]
         sub = folder / "accuracy" / name
-        recording, ground_truth = generate_dataset(sub, channels, units, duration_s, seed=seed)
+        recording, ground_truth = generate_dataset(sub, channels, units, duration_s, seed=seed, layout=layout)
         start = int(duration_s / 2 * recording.get_sampling_frequency())
         sortings, per_unit, dataset_rows = [], [], []
-        for stride in strides:
+        for stride, dtype in paths:
+            out = sub / f"esort_stride{stride}_{dtype}"
             sorting, scores, performance = sort_and_score(
-                "esort", recording, ground_truth, sub / f"esort_stride{stride}", start,
-                annotation_sorting_path=str(sub / "ground_truth"), train_duration_s=duration_s / 2,
-                inference_stride=stride,
+                "esort", recording, ground_truth, out, start, annotation_sorting_path=str(sub / "ground_truth"),
+                train_duration_s=duration_s / 2, inference_stride=stride, inference_dtype=dtype,
+                job_kwargs=dict(n_jobs=threads),
             )
-            timings = json.loads((sub / f"esort_stride{stride}" / "sorter_output" / "timings.json").read_text())
-            dataset_rows.append(dict(dataset=name, stride=stride, inference_s=timings["inference"], **scores))
+            timings = json.loads((out / "sorter_output" / "timings.json").read_text())
+            dataset_rows.append(dict(dataset=name, stride=stride, dtype=dtype, inference_s=timings["inference"],
+                                     rtf_inference_step=recording.get_total_duration() / timings["inference"], **scores))
             sortings.append(sorting)
             per_unit.append(performance["accuracy"])
             print(dataset_rows[-1], flush=True)
@@ -129,56 +136,73 @@ def timing_error(reference, other, max_samples: int = 12) -> dict:
     )
 
 
+def _paths(strides: list[int], dtypes: list[str]) -> list[tuple[int, str]]:
+    """(stride, dtype) pairs, the exact path (1, float32) first."""
+    paths = [(1, "float32")] + [(s, d) for d in dtypes for s in strides]
+    return list(dict.fromkeys(paths))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 384])
-    parser.add_argument("--strides", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--strides", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"],
+                        help="inference_dtype values (float16: GPU only)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording per measure")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--folder", default="esort_throughput")
-    parser.add_argument("--accuracy", action="store_true", help="also measure held-out accuracy per stride")
+    parser.add_argument("--accuracy", action="store_true", help="also measure held-out accuracy per path")
+    parser.add_argument("--datasets", nargs="+", default=list(ACCURACY_DATASETS), choices=list(ACCURACY_DATASETS),
+                        help="recordings of the accuracy part")
     parser.add_argument("--skip-throughput", action="store_true", help="only the accuracy part")
-    parser.add_argument("--one", nargs=2, type=int, metavar=("CHANNELS", "STRIDE"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("CHANNELS", "STRIDE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     folder = Path(args.folder).absolute()
 
     if args.one:  # child process: one measure, printed as JSON
-        print(json.dumps(measure(folder, args.one[0], args.one[1], args.duration, args.device, args.threads)))
+        channels, stride, dtype = int(args.one[0]), int(args.one[1]), args.one[2]
+        print(json.dumps(measure(folder, channels, stride, args.duration, args.device, args.threads, dtype)))
         return 0
 
+    paths = _paths(args.strides, args.dtypes)
     rows = []
     for channels in [] if args.skip_throughput else args.channels:
-        for stride in args.strides:
+        for stride, dtype in paths:
             command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride),
-                       "--duration", str(args.duration), "--device", args.device, "--threads", str(args.threads),
-                       "--folder", str(folder)]
+                       dtype, "--duration", str(args.duration), "--device", args.device, "--threads",
+                       str(args.threads), "--folder", str(folder)]
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(f"{channels} channels, stride {stride}: {rows[-1]['rtf_inference']:.2f}x real time", flush=True)
-    accuracy = accuracy_by_stride(folder, args.strides) if args.accuracy else []
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows), indent=2))
+            print(f"{channels} channels, stride {stride}, {dtype}: network + post-processing "
+                  f"{rows[-1]['rtf_network_and_postprocessing']:.2f}x real time", flush=True)
+    accuracy = accuracy_by_path(folder, paths, args.datasets, args.threads) if args.accuracy else []
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows, accuracy=accuracy), indent=2))
 
     print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}\n")
-    print("| channels | units | stride | network (x real time) | post-processing (x real time) | "
-          "inference step (x real time) | peak RSS (MB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['channels']} | {r['units']} | {r['stride']} | {r['rtf_network']:.2f} | "
-              f"{r['rtf_postprocessing']:.1f} | {r['rtf_inference']:.2f} | {r['peak_rss_mb']:.0f} |")
+    if rows:
+        print("| channels | units | device | stride | dtype | network (x RT) | post-processing (x RT) | "
+              "network + post-processing (x RT) | inference step incl. read + filter (x RT) | peak RSS (MB) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['channels']} | {r['units']} | {r['device']} | {r['stride']} | {r['dtype']} | "
+                  f"{r['rtf_network']:.2f} | {r['rtf_postprocessing']:.1f} | {r['rtf_network_and_postprocessing']:.2f} | "
+                  f"{r['rtf_inference']:.2f} | {r['peak_rss_mb']:.0f} |")
     if accuracy:
-        print("\n| dataset | stride | held-out accuracy | delta vs stride 1 | worst unit's delta | precision | recall "
-              "| inference step (s) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| dataset | stride | dtype | held-out accuracy | delta vs exact | worst unit's delta | precision | "
+              "recall | inference step (x RT) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in accuracy:
-            print(f"| {r['dataset']} | {r['stride']} | {r['accuracy']:.3f} | {r['accuracy_delta']:+.3f} | "
-                  f"{r['worst_unit_delta']:+.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['inference_s']:.1f} |")
-        print("\n| dataset | stride | spike times equal to stride 1 | median error | mean error | 95th percentile |")
-        print("| --- | --- | --- | --- | --- | --- |")
+            print(f"| {r['dataset']} | {r['stride']} | {r['dtype']} | {r['accuracy']:.3f} | {r['accuracy_delta']:+.3f} | "
+                  f"{r['worst_unit_delta']:+.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['rtf_inference_step']:.2f} |")
+        print("\n| dataset | stride | dtype | spike times equal to exact | median error | mean error | 95th percentile |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for r in accuracy:
-            print(f"| {r['dataset']} | {r['stride']} | {100 * r['time_equal_fraction']:.0f} % | "
+            print(f"| {r['dataset']} | {r['stride']} | {r['dtype']} | {100 * r['time_equal_fraction']:.0f} % | "
                   f"{r['time_error_median']:g} samples | {r['time_error_mean']:.2f} samples | "
                   f"{r['time_error_p95']:g} samples |")
     return 0
