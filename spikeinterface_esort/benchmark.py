@@ -1,0 +1,591 @@
+"""Benchmark: esort against Kilosort4, SpikeInterface's sorters and ground truth, in one command.
+
+    python -m spikeinterface_esort.benchmark --preset small --folder esort_benchmark
+    python -m spikeinterface_esort.benchmark --preset np1 --folder esort_benchmark
+    python -m spikeinterface_esort.benchmark --recording sim.h5 --folder F                # MEArec file: its ground truth
+    python -m spikeinterface_esort.benchmark --recording REC --ground-truth GT --folder F  # saved SpikeInterface folders
+    python -m spikeinterface_esort.benchmark --recording REC --reference kilosort4 --folder F  # no ground truth
+
+Each recording is split in two: an annotation window (the first ``annotation_s`` seconds of segment 0),
+the only part esort learns from, and the held-out rest, the only part any sorter is scored on, with
+SpikeInterface's ``compare_sorter_to_ground_truth`` and its defaults. Every sorter runs through
+``run_sorter`` on the whole recording, so a number here is what a user gets, inside SpikeInterface's
+``SorterStudy`` (``FOLDER/study``, which can be reopened with ``HeldOutSorterStudy(FOLDER / "study")``
+for its plots). The sorters (``SORTERS``):
+
+- ``esort_ground_truth``: esort trained on the ground truth of the annotation window (the paper's setting);
+- ``esort_fast``: ``esort_ground_truth`` with the fast inference path (``FAST_ESORT_PARAMS``: bfloat16, stride 2;
+  not in the default list);
+- ``esort_teacher``: esort trained on a teacher sorter run on the annotation window (the real-data setting;
+  ``teacher``, default spykingcircus2);
+- ``kilosort4`` (CPU or GPU, when installed), ``spykingcircus2``, ``tridesclous2``; any other installed
+  SpikeInterface sorter by name, with its defaults.
+
+Without ground truth (``reference``): the reference sorter (or a saved sorting, e.g. a curated one) sorts
+the whole recording and stands in for ground truth; esort learns from the reference's annotation window
+(``esort_teacher``) and every sorter's agreement with the reference on the held-out part is reported, as
+the journal version of the E-Sort paper does on real data.
+
+Written to ``folder``: ``results.csv`` / ``results.json`` (per sorter: mean accuracy, precision, recall,
+well-detected units, units found, wall time of ``run_sorter`` and, for esort, its steps), ``units.csv``
+(per sorter and ground-truth unit: accuracy, precision, recall, SNR), ``results.md`` (the table),
+``accuracy_vs_snr.png`` and ``run_time.png``. A sorter that fails is reported as failed (its error and log
+folder in the table) and the others still run; a sorter already run in ``folder`` is not run again unless
+``rerun``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from spikeinterface.benchmark.benchmark_sorter import SorterBenchmark, SorterStudy
+from spikeinterface.core import BaseRecording, BaseSorting, create_sorting_analyzer, load
+
+import spikeinterface_esort  # noqa: F401  (registers "esort")
+
+from .datasets import generate_dataset, generate_drifting_dataset
+
+WELL_DETECTED_ACCURACY = 0.8  # SpikeInterface's default well_detected_score
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A generated ground-truth recording: ``make(folder, duration_s, seed)`` saves and returns it."""
+
+    description: str
+    duration_s: float
+    make: object = field(repr=False)
+
+
+PRESETS = {
+    "small": Preset(
+        "32 channels (4 x 8, 20 um pitch), 10 units, 5 uV noise, 30 kHz", 60.0,
+        lambda folder, duration_s, seed: generate_dataset(folder, 32, 10, duration_s, seed=seed),
+    ),
+    "np1": Preset(
+        "384 channels, Neuropixels-1.0-like layout (4 staggered columns, 3.84 mm), 64 units, 5 uV noise, 30 kHz", 40.0,
+        lambda folder, duration_s, seed: generate_dataset(folder, 384, 64, duration_s, seed=seed, layout="np1"),
+    ),
+    "drifting": Preset(
+        "generate_drifting_recording, 32 channels (4 x 8, 20 um pitch), 12 units, zigzag drift +-15 um "
+        "(30 s period), 30 kHz", 90.0,
+        lambda folder, duration_s, seed: generate_drifting_dataset(folder, "zigzag", duration_s=duration_s, seed=seed),
+    ),
+}
+
+SORTERS = ("esort_ground_truth", "esort_teacher", "kilosort4", "spykingcircus2", "tridesclous2")
+# esort_fast: esort_ground_truth with the fast inference path (docs/speed.md); not in the default list
+FAST_ESORT_PARAMS = dict(inference_dtype="bfloat16", inference_stride=2)
+
+
+@dataclass
+class BenchmarkData:
+    """A recording, the sorting it is scored against (ground truth, or the reference in agreement mode),
+    that sorting's folder (esort reads annotations from it) and the annotation window (s)."""
+
+    recording: BaseRecording
+    truth: BaseSorting
+    truth_folder: Path
+    annotation_s: float
+    agreement: bool = False
+    reference: str | None = None
+
+    @property
+    def held_out_start_frame(self) -> int:
+        return int(round(self.annotation_s * self.recording.get_sampling_frequency()))
+
+
+class HeldOutSorterBenchmark(SorterBenchmark):
+    """SpikeInterface's ``SorterBenchmark``, scored on frames from ``held_out_start_frame`` only."""
+
+    def __init__(self, recording, gt_sorting, params, sorter_folder, held_out_start_frame: int):
+        super().__init__(recording, gt_sorting, params, sorter_folder)
+        self.held_out_start_frame = held_out_start_frame
+
+    def compute_result(self, **job_kwargs):
+        self.result["gt_comparison"] = held_out_comparison(
+            self.result["sorting"], self.gt_sorting, self.held_out_start_frame, self.recording.get_num_samples(0)
+        )
+
+
+class HeldOutSorterStudy(SorterStudy):
+    """SpikeInterface's ``SorterStudy`` whose cases carry ``held_out_start_frame`` (frames of segment 0)."""
+
+    benchmark_class = HeldOutSorterBenchmark
+
+    def create_benchmark(self, key):
+        case = self.cases[key]
+        recording, gt_sorting = self.datasets[case["dataset"]]
+        return HeldOutSorterBenchmark(
+            recording, gt_sorting, case["params"], self.folder / "sorters" / self.key_to_str(key),
+            case["held_out_start_frame"],
+        )
+
+
+def held_out_comparison(sorting: BaseSorting, truth: BaseSorting, start_frame: int, end_frame: int):
+    """``compare_sorter_to_ground_truth`` (defaults) of ``sorting`` against ``truth`` on frames
+    ``[start_frame, end_frame)`` of segment 0."""
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    return compare_sorter_to_ground_truth(truth.frame_slice(start_frame, end_frame), sorting.frame_slice(start_frame, end_frame))
+
+
+def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: int) -> dict[str, dict]:
+    """``SorterStudy`` cases: key -> label, run_sorter params and held-out start, for each of ``sorters``."""
+    import spikeinterface.sorters as ss
+
+    installed = set(ss.installed_sorters())
+    cases = {}
+    for key in sorters:
+        if key in ("esort_ground_truth", "esort_fast"):
+            if data.agreement:
+                raise ValueError(f"{key} needs a ground truth; in agreement mode use esort_teacher")
+            name, label = "esort", "esort (ground-truth annotations)"
+            params = dict(annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s)
+            if key == "esort_fast":
+                label = "esort (ground-truth annotations; " + ", ".join(f"{k}={v}" for k, v in FAST_ESORT_PARAMS.items()) + ")"
+                params.update(FAST_ESORT_PARAMS)
+        elif key == "esort_teacher":
+            name = "esort"
+            if data.agreement:  # the reference's own annotation window: the reference is not run twice
+                label = f"esort ({data.reference} annotations)"
+                params = dict(annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s)
+            else:
+                label = f"esort ({teacher} annotations)"
+                params = dict(annotation_sorter=teacher, train_duration_s=data.annotation_s)
+        else:
+            name, label, params = key, key, {}
+        if name not in installed:
+            raise ValueError(f"sorter {name!r} (case {key!r}) is not installed; installed: {sorted(installed)}")
+        params = dict(_job_params(name, n_jobs), **params)
+        cases[key] = dict(
+            label=label, dataset="data", held_out_start_frame=data.held_out_start_frame,
+            params=dict(sorter_name=name, remove_existing_folder=True, verbose=False, **params),
+        )
+    return cases
+
+
+def _job_params(sorter_name: str, n_jobs: int) -> dict:
+    """Every sorter gets the same cores: SpikeInterface sorters through ``job_kwargs``; Kilosort4 uses torch's
+    threads (all cores by default)."""
+    import spikeinterface.sorters as ss
+
+    defaults = ss.get_default_sorter_params(sorter_name)
+    if "job_kwargs" in defaults:
+        return dict(job_kwargs=dict(n_jobs=n_jobs, progress_bar=False))
+    return {}
+
+
+def run_benchmark(
+    data: BenchmarkData,
+    folder: str | Path,
+    sorters: list[str] | tuple[str, ...] = SORTERS,
+    teacher: str = "spykingcircus2",
+    n_jobs: int | None = None,
+    rerun: bool | list[str] = False,
+    description: str = "",
+    command: str | None = None,
+) -> pd.DataFrame:
+    """Run ``sorters`` on ``data.recording`` and score them on its held-out part; write the results,
+    table and plots to ``folder`` (see the module's doc). Returns the per-sorter table. Sorters that
+    are not installed are skipped with a message (``kilosort4``: ``pip install kilosort``). A sorter already
+    run in ``folder`` with the same parameters is not run again unless ``rerun`` (True: all; or a list of
+    case names)."""
+    import spikeinterface.sorters as ss
+
+    folder = Path(folder).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    if data.recording.get_num_segments() != 1:
+        raise ValueError("the benchmark scores segment 0 after the annotation window: give a one-segment recording "
+                         "(spikeinterface.concatenate_recordings joins segments)")
+    duration_s = data.recording.get_total_duration()
+    if not 0 < data.annotation_s < duration_s:
+        raise ValueError(f"annotation window {data.annotation_s:g} s must be inside the recording ({duration_s:g} s)")
+    n_jobs = n_jobs or os.cpu_count() or 1
+    installed = set(ss.installed_sorters())
+    wanted = []
+    for key in sorters:
+        name = "esort" if key.startswith("esort_") else key
+        if name in installed:
+            wanted.append(key)
+        else:
+            print(f"skipped {key}: not installed" + (" (pip install kilosort)" if key == "kilosort4" else ""), flush=True)
+    study = _open_study(folder / "study", data, sorter_cases(wanted, data, teacher, n_jobs))
+    rows, units = [], []
+    for i, key in enumerate(wanted, start=1):
+        label = study.cases[key]["label"]
+        result_folder = study.folder / "results" / key
+        again = rerun is True or (isinstance(rerun, (list, tuple)) and key in rerun)
+        if again or not (result_folder / "run_time.pickle").exists():
+            print(f"[{i}/{len(wanted)}] {label}: run_sorter({study.cases[key]['params']['sorter_name']!r}) ...", flush=True)
+            try:
+                study.run(case_keys=[key], keep=False)
+            except Exception as error:  # one sorter's failure is a result, not the end of the benchmark
+                shutil.rmtree(result_folder, ignore_errors=True)
+                study.benchmarks[key] = None
+                rows.append(dict(case=key, sorter=label, status=f"failed: {type(error).__name__}: {error}".splitlines()[0],
+                                 log_folder=str(study.folder / "sorters" / key)))
+                print(f"[{i}/{len(wanted)}] {label}: FAILED ({rows[-1]['status']}); log in {rows[-1]['log_folder']}", flush=True)
+                continue
+        study.compute_results(case_keys=[key])
+        row, unit_rows = _score(study, key, data)
+        rows.append(row)
+        units += unit_rows
+        print(f"[{i}/{len(wanted)}] {label}: {row['run_time_s']:.1f} s, held-out {_score_name(data)} "
+              f"{row['accuracy']:.3f}, {row['well_detected']}/{row['num_truth_units']} well detected", flush=True)
+    table = pd.DataFrame(rows)
+    info = _run_info(data, description, n_jobs, teacher, command)
+    write_outputs(folder, table, pd.DataFrame(units), info, _snr(study))
+    return table
+
+
+def _open_study(study_folder: Path, data: BenchmarkData, cases: dict) -> HeldOutSorterStudy:
+    """The study in ``study_folder`` if it holds the same dataset, with ``cases`` added; else a new one. The
+    dataset is a SortingAnalyzer of the truth on the recording (SorterStudy's datasets must be analyzers)."""
+    stamp = dict(truth_folder=str(data.truth_folder), annotation_s=data.annotation_s,
+                 num_samples=int(data.recording.get_num_samples(0)), channels=[str(c) for c in data.recording.channel_ids])
+    stamp_file = study_folder / "esort_benchmark_dataset.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        study = HeldOutSorterStudy(study_folder)
+        changed = [key for key in cases if key in study.cases and study.cases[key] != cases[key]]
+        if changed:  # run with other parameters: its earlier results and sorter folder go
+            study.remove_cases(changed)
+        new = {key: case for key, case in cases.items() if key not in study.cases}
+        if new:
+            study.add_cases(new)
+        return study
+    if study_folder.exists():
+        shutil.rmtree(study_folder)
+    analyzer = create_sorting_analyzer(data.truth, data.recording, sparse=True, format="memory")
+    analyzer.compute(["random_spikes", "noise_levels", "templates"], n_jobs=1, progress_bar=False)
+    study = HeldOutSorterStudy.create(study_folder, datasets={"data": analyzer}, cases=cases, levels="sorter")
+    study_folder.joinpath("esort_benchmark_dataset.json").write_text(json.dumps(stamp))
+    return study
+
+
+def _score(study: HeldOutSorterStudy, key: str, data: BenchmarkData) -> tuple[dict, list[dict]]:
+    result = study.get_result(key)
+    comparison = result["gt_comparison"]
+    performance = comparison.get_performance()[["accuracy", "precision", "recall"]].astype(float)
+    label = study.cases[key]["label"]
+    row = dict(
+        case=key, sorter=label, status="ok",
+        accuracy=float(performance["accuracy"].mean()),
+        precision=float(performance["precision"].mean()),
+        recall=float(performance["recall"].mean()),
+        well_detected=int(comparison.count_well_detected_units(WELL_DETECTED_ACCURACY)),
+        num_truth_units=int(len(performance)),
+        num_sorted_units=int(len(result["sorting"].unit_ids)),
+        run_time_s=float(result["run_time"]),
+    )
+    row.update(_esort_steps(study.folder / "sorters" / key, row["run_time_s"]))
+    units = [dict(case=key, sorter=label, unit_id=str(unit), **{k: float(v) for k, v in scores.items()})
+             for unit, scores in performance.iterrows()]
+    return row, units
+
+
+ESORT_STEPS = ("annotation", "training", "inference", "postprocessing")
+
+
+def _esort_steps(sorter_folder: Path, run_time_s: float) -> dict:
+    """esort's wall time per step (s), from its ``timings.json``: annotation (the teacher sorter, or reading
+    the annotations), training (training and threshold validation), inference (reading, filtering, network),
+    post-processing (probabilities to spikes), and other (preprocessing setup, noise estimate, saving, run_sorter)."""
+    timings_file = sorter_folder / "sorter_output" / "timings.json"
+    if not timings_file.is_file():
+        return {}
+    t = json.loads(timings_file.read_text())
+    post = t.get("inference_postprocessing_s", 0.0)
+    steps = dict(annotation=t.get("annotation", 0.0), training=t.get("training", 0.0) + t.get("validation", 0.0),
+                 inference=t.get("inference", 0.0) - post, postprocessing=post)
+    steps["other"] = run_time_s - sum(steps.values())
+    return {f"{k}_s": float(v) for k, v in steps.items()}
+
+
+def _snr(study: HeldOutSorterStudy) -> pd.Series:
+    """SNR of each truth unit (SpikeInterface's quality metric, on the truth's templates and noise levels)."""
+    analyzer = study.get_sorting_analyzer(dataset_key="data")
+    if not analyzer.has_extension("quality_metrics"):
+        analyzer.compute("quality_metrics", metric_names=["snr"], progress_bar=False)
+    snr = analyzer.get_extension("quality_metrics").get_data()["snr"]
+    snr.index = [str(u) for u in snr.index]
+    return snr
+
+
+def _score_name(data: BenchmarkData) -> str:
+    return "agreement" if data.agreement else "accuracy"
+
+
+def _run_info(data: BenchmarkData, description: str, n_jobs: int, teacher: str, command: str | None) -> dict:
+    import spikeinterface
+    import torch
+
+    return dict(
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        command=command,
+        dataset=description,
+        channels=int(data.recording.get_num_channels()),
+        sampling_frequency_hz=float(data.recording.get_sampling_frequency()),
+        duration_s=float(data.recording.get_total_duration()),
+        annotation_s=float(data.annotation_s),
+        scored_against=f"agreement with {data.reference}" if data.agreement else "ground truth",
+        teacher=data.reference if data.agreement else teacher,
+        n_jobs=n_jobs,
+        machine=_machine(),
+        versions=dict(python=platform.python_version(), spikeinterface=spikeinterface.__version__,
+                      torch=torch.__version__, esort=spikeinterface_esort.__version__, **_optional_versions()),
+    )
+
+
+def _machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = ""
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages / 2**30:.0f} GiB"
+    except (ValueError, OSError, AttributeError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores{memory}, {gpu}, {platform.system()}"
+
+
+def _optional_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("kilosort",):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def write_outputs(folder: Path, table: pd.DataFrame, units: pd.DataFrame, info: dict, snr: pd.Series) -> None:
+    """results.csv/json, units.csv, results.md and the two plots."""
+    if len(units):
+        units["snr"] = units["unit_id"].map(snr)
+    table.to_csv(folder / "results.csv", index=False)
+    units.to_csv(folder / "units.csv", index=False)
+    (folder / "results.json").write_text(json.dumps(dict(info=info, sorters=table.to_dict(orient="records"),
+                                                         units=units.to_dict(orient="records")), indent=2, default=float))
+    (folder / "results.md").write_text(markdown_report(table, info))
+    if len(units):
+        plot_accuracy_vs_snr(units, folder / "accuracy_vs_snr.png", _score_label(info))
+    if "run_time_s" in table:
+        plot_run_times(table, folder / "run_time.png", info)
+
+
+def _score_label(info: dict) -> str:
+    return "agreement with " + str(info["teacher"]) if info["scored_against"].startswith("agreement") else "accuracy"
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """One row per sorter: held-out accuracy, precision, recall, well-detected units, units found, wall time
+    and esort's split of it."""
+    header = ["sorter", "accuracy", "precision", "recall", f"well detected (acc >= {WELL_DETECTED_ACCURACY:g})",
+              "units found", "wall time (s)", "esort: annotation / training / inference / post-processing (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in table.to_dict(orient="records"):
+        if row.get("status", "ok") != "ok":
+            lines.append(f"| {row['sorter']} | {row['status']} |" + " |" * (len(header) - 2))
+            continue
+        split = " / ".join(f"{row[f'{s}_s']:.1f}" for s in ESORT_STEPS) if _has(row, "training_s") else ""
+        lines.append(
+            f"| {row['sorter']} | {row['accuracy']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | "
+            f"{row['well_detected']}/{row['num_truth_units']} | {row['num_sorted_units']} | {row['run_time_s']:.1f} | {split} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _has(row: dict, key: str) -> bool:
+    value = row.get(key)
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def markdown_report(table: pd.DataFrame, info: dict) -> str:
+    held_out = info["duration_s"] - info["annotation_s"]
+    lines = [
+        f"Dataset: {info['dataset'] or 'user recording'}; {info['channels']} channels, "
+        f"{info['sampling_frequency_hz']:g} Hz, {info['duration_s']:g} s.",
+        f"Annotation window: the first {info['annotation_s']:g} s (esort learns from it); scored on the held-out "
+        f"{held_out:g} s against {info['scored_against']} with compare_sorter_to_ground_truth (defaults).",
+        f"Machine: {info['machine']}; every sorter given {info['n_jobs']} CPU jobs/threads.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f". Date: {info['date']}.",
+    ]
+    if info.get("command"):
+        lines.append(f"Command: `{info['command']}`")
+    lines.append("")
+    if info["scored_against"].startswith("agreement"):
+        lines.append(f"Accuracy, precision and recall are agreement with {info['teacher']}, not with a ground truth.\n")
+    return "\n".join(lines) + "\n" + markdown_table(table)
+
+
+def plot_accuracy_vs_snr(units: pd.DataFrame, path: Path, score_label: str = "accuracy") -> None:
+    """Held-out accuracy of each truth unit against its SNR, one panel per sorter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sorters = list(dict.fromkeys(units["sorter"]))
+    fig, axes = plt.subplots(1, len(sorters), figsize=(3.2 * len(sorters), 3.2), sharey=True, squeeze=False)
+    for ax, sorter in zip(axes[0], sorters):
+        part = units[units["sorter"] == sorter]
+        ax.scatter(part["snr"], part["accuracy"], s=12)
+        ax.axhline(WELL_DETECTED_ACCURACY, color="grey", lw=0.8, ls="--")
+        ax.set_title(sorter, fontsize=9)
+        ax.set_xlabel("SNR (truth unit)")
+        ax.set_ylim(-0.03, 1.03)
+    axes[0][0].set_ylabel(f"held-out {score_label}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_run_times(table: pd.DataFrame, path: Path, info: dict) -> None:
+    """Wall time of run_sorter per sorter (s); esort's bar split into its steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = table[table["status"] == "ok"].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(ok) + 1.3))
+    colours = dict(annotation="tab:orange", training="tab:green", inference="tab:blue", postprocessing="tab:purple",
+                   other="tab:grey")
+    shown = set()
+    for i, row in ok.iterrows():
+        if _has(row, "training_s"):
+            left = 0.0
+            for step, colour in colours.items():
+                width = max(row[f"{step}_s"], 0.0)
+                ax.barh(i, width, left=left, color=colour, label=None if step in shown else step)
+                shown.add(step)
+                left += width
+        else:
+            ax.barh(i, row["run_time_s"], color="tab:brown")
+    ax.set_yticks(range(len(ok)), ok["sorter"], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"wall time of run_sorter (s), {info['duration_s']:g} s of {info['channels']}-channel recording")
+    if shown:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="esort steps", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def preset_data(preset: str, folder: Path, duration_s: float | None = None, annotation_s: float | None = None,
+                seed: int = 0) -> tuple[BenchmarkData, str]:
+    """A preset's recording, generated and saved under ``folder/data`` (reused when already there)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    spec = PRESETS[preset]
+    duration_s = duration_s or spec.duration_s
+    recording, truth = spec.make(folder / "data", duration_s, seed)
+    annotation_s = annotation_s or duration_s / 2
+    return BenchmarkData(recording, truth, folder / "data" / "ground_truth", annotation_s), \
+        f"preset '{preset}': {spec.description}, {duration_s:g} s, seed {seed}"
+
+
+def user_data(recording_path: str | Path, folder: Path, ground_truth_path: str | Path | None = None,
+              reference: str | None = None, annotation_s: float | None = None, teacher_folder: Path | None = None,
+              n_jobs: int = 1) -> tuple[BenchmarkData, str]:
+    """A user's recording (a SpikeInterface folder or file that ``load`` reads, or a MEArec ``.h5`` file) with
+    its ground truth (a saved sorting; a MEArec file's own when not given), or, with ``reference`` (a sorter
+    name or a saved sorting), agreement mode."""
+    import spikeinterface.sorters as ss
+
+    recording_path = Path(recording_path)
+    truth = None
+    if recording_path.suffix in (".h5", ".hdf5"):
+        from spikeinterface.extractors import read_mearec
+
+        recording, truth = read_mearec(recording_path)
+    else:
+        recording = load(recording_path)
+    if ground_truth_path is not None:
+        truth = load(ground_truth_path)
+    annotation_s = annotation_s or recording.get_total_duration() / 2
+    truth_folder = folder / "truth"
+    if reference is not None:
+        if Path(reference).exists():
+            truth, label = load(reference), Path(reference).name
+        else:
+            print(f"reference: run_sorter({reference!r}) on the whole recording ...", flush=True)
+            t0 = time.perf_counter()
+            truth = ss.run_sorter(reference, recording, folder=folder / "reference", remove_existing_folder=True,
+                                  verbose=False, **_job_params(reference, n_jobs))
+            print(f"reference: {reference} done in {time.perf_counter() - t0:.1f} s, {len(truth.unit_ids)} units", flush=True)
+            label = reference
+        truth = truth.save(folder=truth_folder, overwrite=True)
+        return BenchmarkData(recording, truth, truth_folder, annotation_s, agreement=True, reference=label), \
+            f"{recording_path} (no ground truth)"
+    if truth is None:
+        raise ValueError("give the recording's ground truth (--ground-truth, a saved sorting folder) or a reference "
+                         "sorter for agreement mode (--reference kilosort4)")
+    if recording.get_num_segments() != truth.get_num_segments():
+        raise ValueError("the recording and its ground truth have different segment counts")
+    truth = truth.save(folder=truth_folder, overwrite=True)
+    return BenchmarkData(recording, truth, truth_folder, annotation_s), str(recording_path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", choices=sorted(PRESETS),
+                        help="; ".join(f"{k}: {p.description}, {p.duration_s:g} s" for k, p in PRESETS.items()))
+    source.add_argument("--recording", help="a recording SpikeInterface's load() reads, or a MEArec .h5 file")
+    parser.add_argument("--ground-truth", help="the recording's ground-truth sorting (a saved SpikeInterface sorting)")
+    parser.add_argument("--reference", help="agreement mode: a sorter name or a saved sorting that stands in for ground truth")
+    parser.add_argument("--folder", default="esort_benchmark", help="results folder (default: esort_benchmark)")
+    parser.add_argument("--sorters", nargs="+", default=list(SORTERS),
+                        help=f"cases to run (default: {' '.join(SORTERS)}); any installed sorter name works")
+    parser.add_argument("--teacher", default="spykingcircus2", help="esort_teacher's annotation sorter")
+    parser.add_argument("--duration", type=float, help="preset duration (s)")
+    parser.add_argument("--annotation-s", type=float, help="annotation window (s; default: half the recording)")
+    parser.add_argument("--seed", type=int, default=0, help="preset generator seed")
+    parser.add_argument("--n-jobs", type=int, help="CPU jobs for every sorter (default: all cores)")
+    parser.add_argument("--rerun", nargs="*", metavar="CASE",
+                        help="run these cases again (all when none is named) even if already run in --folder")
+    args = parser.parse_args(argv)
+    folder = Path(args.folder).absolute()
+    n_jobs = args.n_jobs or os.cpu_count() or 1
+    if args.preset:
+        data, description = preset_data(args.preset, folder, args.duration, args.annotation_s, args.seed)
+    else:
+        data, description = user_data(args.recording, folder, args.ground_truth, args.reference, args.annotation_s,
+                                      n_jobs=n_jobs)
+    sorters = [s for s in args.sorters if not (data.agreement and s in ("esort_ground_truth", "esort_fast"))]
+    command = " ".join(["python -m spikeinterface_esort.benchmark"] + (sys.argv[1:] if argv is None else list(argv)))
+    rerun = False if args.rerun is None else (args.rerun or True)
+    table = run_benchmark(data, folder, sorters, args.teacher, n_jobs, rerun, description, command)
+    print()
+    print(markdown_table(table))
+    print(f"results: {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
