@@ -162,8 +162,9 @@ def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: 
                 label = f"esort ({data.reference} annotations)"
                 params = dict(annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s)
             else:
-                label = f"esort ({teacher} annotations)"
-                params = dict(annotation_sorter=teacher, train_duration_s=data.annotation_s)
+                label = f"esort ({teacher} annotations)"  # the teacher gets the same cores as the sorters
+                params = dict(annotation_sorter=teacher, annotation_sorter_params=_job_params(teacher, n_jobs),
+                              train_duration_s=data.annotation_s)
         else:
             name, label, params = key, key, {}
         if name not in installed:
@@ -181,6 +182,8 @@ def _job_params(sorter_name: str, n_jobs: int) -> dict:
     threads (all cores by default)."""
     import spikeinterface.sorters as ss
 
+    if sorter_name not in ss.sorter_dict:  # an unknown teacher: esort's own check reports it
+        return {}
     defaults = ss.get_default_sorter_params(sorter_name)
     if "job_kwargs" in defaults:
         return dict(job_kwargs=dict(n_jobs=n_jobs, progress_bar=False))

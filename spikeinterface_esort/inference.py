@@ -8,6 +8,7 @@ evaluation of the whole segment finds. Outside the recording, traces are zero.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +64,7 @@ def detect_in_recording(
     frame_range: tuple[int, int] | None = None,
     thresholds: np.ndarray | None = None,
     stride: int = 1,
+    prefetch: bool = True,
 ) -> DetectedSpikes:
     """Spikes of every segment of a preprocessed ``recording`` (or of ``frame_range`` of the given segments).
 
@@ -70,7 +72,10 @@ def detect_in_recording(
     runs on one sample in S, on a grid fixed to the segment (samples k * S + window centre), and each
     spike's time is refined between grid points by parabolic interpolation. A spike belongs to the chunk
     holding its grid point, so chunking never changes the result.
-    Timings (s) of reading/preprocessing, network and post-processing are summed in ``timings``.
+    With ``prefetch`` the next chunk is read and preprocessed in a thread while the network runs (SpikeInterface's
+    filters and numpy release the GIL), so on a GPU reading overlaps compute.
+    Timings (s) summed in ``timings``: waiting for the traces (reading/preprocessing not hidden by the overlap),
+    network, post-processing.
     """
     device = model.device
     margin_before, margin_after = model.margin_before(stride), model.margin_after(stride)
@@ -84,30 +89,38 @@ def detect_in_recording(
 
     timings = dict(read_s=0.0, network_s=0.0, postprocessing_s=0.0)
     out_samples, out_segments, out_units, out_probs = [], [], [], []
-    for segment_index, chunk_start, chunk_stop in tqdm(
-        jobs, desc="esort inference", unit="chunk", disable=not progress_bar
-    ):
-        t0 = time.perf_counter()
+
+    def read(job):
+        segment_index, chunk_start, chunk_stop = job
         block_start = ((chunk_start - margin_before) // stride) * stride  # on the segment's grid
-        block = read_block(recording, block_start, chunk_stop + margin_after, segment_index)
-        traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
-        t1 = time.perf_counter()
-        probabilities = model.probabilities(traces, stride)
-        _sync(device)
-        t2 = time.perf_counter()
-        units, grid, samples, probs = model.spikes(probabilities, thresholds, stride)
-        grid = grid + block_start
-        mine = (grid >= chunk_start) & (grid < chunk_stop)
-        units, samples, probs = units[mine], samples[mine] + block_start, probs[mine]
-        _sync(device)
-        t3 = time.perf_counter()
-        timings["read_s"] += t1 - t0
-        timings["network_s"] += t2 - t1
-        timings["postprocessing_s"] += t3 - t2
-        out_samples.append(samples.cpu().numpy().astype(np.int64))
-        out_units.append(units.cpu().numpy().astype(np.int64))
-        out_probs.append(probs.cpu().numpy().astype(np.float32))
-        out_segments.append(np.full(len(out_samples[-1]), segment_index, dtype=np.int64))
+        return block_start, read_block(recording, block_start, chunk_stop + margin_after, segment_index)
+
+    # the next chunk is read and preprocessed in a thread while the network runs on this one
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="esort-read") as reader:
+        pending = reader.submit(read, jobs[0]) if (jobs and prefetch) else None
+        for i, job in enumerate(tqdm(jobs, desc="esort inference", unit="chunk", disable=not progress_bar)):
+            segment_index, chunk_start, chunk_stop = job
+            t0 = time.perf_counter()
+            block_start, block = pending.result() if pending is not None else read(job)
+            pending = reader.submit(read, jobs[i + 1]) if (prefetch and i + 1 < len(jobs)) else None
+            traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
+            t1 = time.perf_counter()
+            probabilities = model.probabilities(traces, stride)
+            _sync(device)
+            t2 = time.perf_counter()
+            units, grid, samples, probs = model.spikes(probabilities, thresholds, stride)
+            grid = grid + block_start
+            mine = (grid >= chunk_start) & (grid < chunk_stop)
+            units, samples, probs = units[mine], samples[mine] + block_start, probs[mine]
+            _sync(device)
+            t3 = time.perf_counter()
+            timings["read_s"] += t1 - t0
+            timings["network_s"] += t2 - t1
+            timings["postprocessing_s"] += t3 - t2
+            out_samples.append(samples.cpu().numpy().astype(np.int64))
+            out_units.append(units.cpu().numpy().astype(np.int64))
+            out_probs.append(probs.cpu().numpy().astype(np.float32))
+            out_segments.append(np.full(len(out_samples[-1]), segment_index, dtype=np.int64))
 
     if not jobs:
         empty = np.zeros(0, dtype=np.int64)

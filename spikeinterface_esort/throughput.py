@@ -1,18 +1,20 @@
-"""Throughput benchmark: how fast esort's inference and post-processing run, and what a stride costs.
+"""Throughput benchmark: how fast esort's inference and post-processing run, per stride and precision.
 
-    python -m spikeinterface_esort.throughput --channels 64 384 --strides 1 2 3 --duration 20
+    python -m spikeinterface_esort.throughput --channels 64 384 --strides 1 2 4 --dtypes float32 bfloat16 --duration 20
 
-For each channel count and stride, in a fresh process (so that peak memory is its own): a
-generated recording (saved binary, 30 kHz) is preprocessed as esort does (bandpass + common median
-reference) and a network with random weights (``units`` = channels / 2) is run over it chunk by chunk
-with ``detect_in_recording``. Printed: real-time factor (seconds of recording per second of compute)
-of the network, of post-processing and of the whole inference step (reading, filtering, network,
-post-processing), and the peak resident memory of the process.
+For each channel count and path (``inference_stride``, ``inference_dtype``), in a fresh process (so that
+peak memory is its own): a generated recording (saved binary, 30 kHz) is preprocessed as esort does
+(bandpass + common median reference) and a network with random weights (``units`` = channels / 2) is run
+over it chunk by chunk with ``detect_in_recording``. Printed: real-time factor (seconds of recording per
+second of compute) of the network, of post-processing, of both, and of the whole inference step
+(reading, filtering, network, post-processing), and the peak resident memory of the process.
+``--device cuda`` measures a GPU.
 
-``--accuracy`` adds, for each stride and each recording of ``ACCURACY_DATASETS``, the held-out
-accuracy of a full ``run_sorter("esort")`` (trained on the first half with ground truth; the same
-seed, so the same network), its difference from the exact evaluation (stride 1), the worst unit's
-difference, and how far spike times move from the exact ones. ``--skip-throughput`` runs only that.
+``--accuracy`` adds, for each path and each recording of ``ACCURACY_DATASETS``, the held-out accuracy of
+a full ``run_sorter("esort")`` (trained on the first half with ground truth; the same seed, so the same
+network; thresholds chosen with the path), its difference from the exact path (stride 1, float32), the
+worst unit's difference, and how far spike times move from the exact ones. ``--skip-throughput`` runs
+only that.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 
 def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
-            dtype: str = "float32") -> dict:
+            dtype: str = "float32", prefetch: bool = True) -> dict:
     """One configuration, in this process."""
     import numpy as np
     import torch
@@ -55,12 +57,14 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     ).to(resolve_device(device))
     preprocessed = preprocess(recording, params)
     t0 = time.perf_counter()
-    detected = detect_in_recording(model, preprocessed, chunk_size=int(fs), progress_bar=False, stride=stride)
+    detected = detect_in_recording(model, preprocessed, chunk_size=int(fs), progress_bar=False, stride=stride,
+                                   prefetch=prefetch)
     wall = time.perf_counter() - t0
     seconds = recording.get_total_duration()
     t = detected.timings
     return dict(
         channels=channels, units=units, stride=stride, dtype=dtype, device=str(model.device), threads=threads,
+        prefetch=prefetch,
         duration_s=seconds,
         rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
         rtf_network_and_postprocessing=seconds / (t["network_s"] + t["postprocessing_s"]),
@@ -157,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(ACCURACY_DATASETS), choices=list(ACCURACY_DATASETS),
                         help="recordings of the accuracy part")
     parser.add_argument("--skip-throughput", action="store_true", help="only the accuracy part")
+    parser.add_argument("--no-prefetch", action="store_true", help="read each chunk only when the network needs it")
     parser.add_argument("--one", nargs=3, metavar=("CHANNELS", "STRIDE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     folder = Path(args.folder).absolute()
 
     if args.one:  # child process: one measure, printed as JSON
         channels, stride, dtype = int(args.one[0]), int(args.one[1]), args.one[2]
-        print(json.dumps(measure(folder, channels, stride, args.duration, args.device, args.threads, dtype)))
+        print(json.dumps(measure(folder, channels, stride, args.duration, args.device, args.threads, dtype,
+                                 not args.no_prefetch)))
         return 0
 
     paths = _paths(args.strides, args.dtypes)
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         for stride, dtype in paths:
             command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride),
                        dtype, "--duration", str(args.duration), "--device", args.device, "--threads",
-                       str(args.threads), "--folder", str(folder)]
+                       str(args.threads), "--folder", str(folder)] + (["--no-prefetch"] if args.no_prefetch else [])
             out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             rows.append(json.loads(out.strip().splitlines()[-1]))
             folder.mkdir(parents=True, exist_ok=True)

@@ -100,3 +100,14 @@ def test_bad_benchmark_input(small_recording, multi_segment_recording, tmp_path)
         run_benchmark(BenchmarkData(recording2, truth2, gt_folder2, 5.0), tmp_path, ["simple"])
     with pytest.raises(ValueError, match="ground truth"):
         user_data(gt_folder.parent / "recording", tmp_path)
+
+
+@pytest.mark.parametrize("preset, channels", [("small", 32), ("drifting", 32)])
+def test_presets_are_saved_ground_truth_recordings(preset, channels, tmp_path):
+    from spikeinterface_esort.benchmark import preset_data
+
+    data, description = preset_data(preset, tmp_path, duration_s=6.0)
+    assert data.recording.get_num_channels() == channels and data.recording.get_total_duration() == 6.0
+    assert data.annotation_s == 3.0 and data.held_out_start_frame == 90000
+    assert (data.truth_folder / "si_folder.json").is_file() and len(data.truth.unit_ids) > 0
+    assert preset in description

@@ -66,3 +66,18 @@ def test_bfloat16_sorts_like_float32(small_recording, small_esort_run):
     for unit_id in exact.unit_ids:
         a, b = exact.get_unit_spike_train(unit_id), fast.get_unit_spike_train(unit_id)
         assert len(np.intersect1d(a, b)) >= 0.95 * max(len(a), len(b))
+
+
+def test_reading_ahead_changes_no_spike(small_recording, small_esort_run):
+    from spikeinterface_esort.inference import detect_in_recording
+    from spikeinterface_esort.preprocessing import preprocess
+
+    recording, _, _ = small_recording
+    folder, _ = small_esort_run
+    model = ESortModel.load(folder)
+    preprocessed = preprocess(recording, model.preprocessing)
+    ahead = detect_in_recording(model, preprocessed, 7000, progress_bar=False, prefetch=True)
+    in_turn = detect_in_recording(model, preprocessed, 7000, progress_bar=False, prefetch=False)
+    assert len(ahead.sample_index) > 0
+    for name in ("sample_index", "segment_index", "unit_index", "probability"):
+        np.testing.assert_array_equal(getattr(ahead, name), getattr(in_turn, name))
