@@ -403,6 +403,17 @@ def _score_label(info: dict) -> str:
     return "agreement with " + str(info["teacher"]) if info["scored_against"].startswith("agreement") else "accuracy"
 
 
+def redraw(folder: str | Path) -> None:
+    """Write ``results.md`` and the plots again from a results folder's ``results.json``."""
+    folder = Path(folder)
+    saved = json.loads((folder / "results.json").read_text())
+    table, units = pd.DataFrame(saved["sorters"]), pd.DataFrame(saved["units"])
+    (folder / "results.md").write_text(markdown_report(table, saved["info"]))
+    if len(units):
+        plot_accuracy_vs_snr(units, folder / "accuracy_vs_snr.png", _score_label(saved["info"]))
+    plot_run_times(table, folder / "run_time.png", saved["info"])
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     """One row per sorter: held-out accuracy, precision, recall, well-detected units, units found, wall time
     and esort's split of it."""
@@ -416,7 +427,8 @@ def markdown_table(table: pd.DataFrame) -> str:
         split = " / ".join(f"{row[f'{s}_s']:.1f}" for s in ESORT_STEPS) if _has(row, "training_s") else ""
         lines.append(
             f"| {row['sorter']} | {row['accuracy']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | "
-            f"{row['well_detected']}/{row['num_truth_units']} | {row['num_sorted_units']} | {row['run_time_s']:.1f} | {split} |"
+            f"{int(row['well_detected'])}/{int(row['num_truth_units'])} | {int(row['num_sorted_units'])} | "
+            f"{row['run_time_s']:.1f} | {split} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -451,16 +463,24 @@ def plot_accuracy_vs_snr(units: pd.DataFrame, path: Path, score_label: str = "ac
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     sorters = list(dict.fromkeys(units["sorter"]))
-    fig, axes = plt.subplots(1, len(sorters), figsize=(3.2 * len(sorters), 3.2), sharey=True, squeeze=False)
-    for ax, sorter in zip(axes[0], sorters):
+    columns = min(3, len(sorters))
+    rows = -(-len(sorters) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.1 * rows), sharex=True, sharey=True, squeeze=False)
+    for ax in axes.flat[len(sorters):]:
+        ax.set_visible(False)
+    for ax, sorter in zip(axes.flat, sorters):
         part = units[units["sorter"] == sorter]
         ax.scatter(part["snr"], part["accuracy"], s=12)
         ax.axhline(WELL_DETECTED_ACCURACY, color="grey", lw=0.8, ls="--")
-        ax.set_title(sorter, fontsize=9)
+        ax.set_title(textwrap.fill(sorter, 34), fontsize=8)
         ax.set_xlabel("SNR (truth unit)")
         ax.set_ylim(-0.03, 1.03)
-    axes[0][0].set_ylabel(f"held-out {score_label}")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for row in axes:
+        row[0].set_ylabel(f"held-out {score_label}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -473,8 +493,10 @@ def plot_run_times(table: pd.DataFrame, path: Path, info: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    import textwrap
+
     ok = table[table["status"] == "ok"].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(ok) + 1.3))
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(ok) + 1.4))
     colours = dict(annotation="tab:orange", training="tab:green", inference="tab:blue", postprocessing="tab:purple",
                    other="tab:grey")
     shown = set()
@@ -488,11 +510,11 @@ def plot_run_times(table: pd.DataFrame, path: Path, info: dict) -> None:
                 left += width
         else:
             ax.barh(i, row["run_time_s"], color="tab:brown")
-    ax.set_yticks(range(len(ok)), ok["sorter"], fontsize=8)
+    ax.set_yticks(range(len(ok)), [textwrap.fill(label, 40) for label in ok["sorter"]], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"wall time of run_sorter (s), {info['duration_s']:g} s of {info['channels']}-channel recording")
+    ax.set_xlabel(f"wall time of run_sorter (s); {info['duration_s']:g} s of {info['channels']}-channel recording")
     if shown:
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="esort steps", title_fontsize=7)
+        ax.legend(fontsize=7, loc="upper right", title="esort steps", title_fontsize=7, framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
