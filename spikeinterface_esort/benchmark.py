@@ -575,7 +575,7 @@ def user_data(recording_path: str | Path, folder: Path, ground_truth_path: str |
     return BenchmarkData(recording, truth, truth_folder, annotation_s), str(recording_path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -594,7 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-jobs", type=int, help="CPU jobs for every sorter (default: all cores)")
     parser.add_argument("--rerun", nargs="*", metavar="CASE",
                         help="run these cases again (all when none is named) even if already run in --folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     folder = Path(args.folder).absolute()
     n_jobs = args.n_jobs or os.cpu_count() or 1
     if args.preset:

@@ -17,7 +17,8 @@ def fenced_blocks(text, language):
 
 def test_ci_runs_the_readme_install_and_test_commands():
     ci = (ROOT / ".ci" / "run").read_text()
-    install, demo, test = (block.strip() for block in fenced_blocks(README, "bash"))
+    blocks = [block.strip() for block in fenced_blocks(README, "bash")]
+    install, test = blocks[0], blocks[-1]
     assert install in ci and test in ci
     assert ci.index(install) < ci.index(test)
 
@@ -47,6 +48,20 @@ def test_readme_demo_command_runs(command, tmp_path):
     row = re.search(r"esort \(ground_truth annotations\)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)", result.stdout)
     assert row and float(row.group(1)) > 0.85, result.stdout
     assert (tmp_path / "esort_demo" / "esort" / "sorter_output" / "sorting").is_dir()
+
+
+def test_benchmark_commands_in_the_docs_parse():
+    """The benchmark commands of README.md and docs/benchmarks.md name existing presets, cases and options
+    (running them takes minutes to an hour: tests/test_benchmark.py runs the same code on a small recording)."""
+    from spikeinterface_esort.benchmark import SORTERS, build_parser
+
+    text = README + (ROOT / "docs" / "benchmarks.md").read_text()
+    lines = "\n".join(fenced_blocks(text, "bash")).replace("\\\n", " ").splitlines()
+    commands = [line for line in lines if "spikeinterface_esort.benchmark" in line]
+    assert len(commands) >= 3
+    for command in commands:
+        args = build_parser().parse_args(command.split("spikeinterface_esort.benchmark", 1)[1].split())
+        assert all(case in SORTERS + ("esort_fast",) for case in args.sorters)
 
 
 def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
