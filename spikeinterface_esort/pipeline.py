@@ -53,7 +53,8 @@ def check_inputs(recording: BaseRecording, params: dict) -> None:
     network_window_samples(params["window_ms"], recording.get_sampling_frequency())
     training_window(recording, params)
     check_annotation_source(recording, params)
-    if params["inference_dtype"] == "float16" and resolve_device(params["torch_device"]).type != "cuda":
+    device = resolve_device(params["torch_device"])
+    if params["inference_dtype"] == "float16" and device.type != "cuda":
         raise ValueError("esort parameter 'inference_dtype'='float16' needs a CUDA device (torch_device); "
                          "on a CPU use 'bfloat16' or 'float32'.")
     resolve_backbone(params["pretrained_weights"], recording.get_channel_locations(), recording.get_sampling_frequency())

@@ -128,7 +128,7 @@ def test_cuda_without_gpu_is_refused(small_recording, tmp_path):
     with pytest.raises(ValueError, match="'torch_device'='cuda', but torch sees no CUDA GPU"):
         si.run_sorter("esort", recording, folder=tmp_path / "out", **gt_params(gt_folder, torch_device="cuda"))
     with pytest.raises(ValueError, match="'inference_dtype'='float16' needs a CUDA device"):
-        si.run_sorter("esort", recording, folder=tmp_path / "out", **gt_params(gt_folder, inference_dtype="float16"))
+        si.run_sorter("esort", recording, folder=tmp_path / "out_fp16", **gt_params(gt_folder, inference_dtype="float16"))
 
 
 def test_int16_recording_with_gains(small_recording, tmp_path):
