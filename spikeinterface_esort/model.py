@@ -94,7 +94,7 @@ class ESortModel:
 
     @property
     def inference_dtype(self) -> str:
-        """Precision of the spatial filter and head at inference (the ``inference_dtype`` parameter)."""
+        """Precision of the folded network at inference (the ``inference_dtype`` parameter)."""
         return self.params.get("inference_dtype", "float32")
 
     def folded_network(self) -> FoldedNetwork:
