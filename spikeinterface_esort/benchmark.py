@@ -54,7 +54,7 @@ from spikeinterface.core import BaseRecording, BaseSorting, create_sorting_analy
 
 import spikeinterface_esort  # noqa: F401  (registers "esort")
 
-from .datasets import generate_dataset, generate_drifting_dataset
+from .datasets import generate_dataset, generate_drifting_dataset, held_out_comparison
 
 WELL_DETECTED_ACCURACY = 0.8  # SpikeInterface's default well_detected_score
 
@@ -131,14 +131,6 @@ class HeldOutSorterStudy(SorterStudy):
             recording, gt_sorting, case["params"], self.folder / "sorters" / self.key_to_str(key),
             case["held_out_start_frame"],
         )
-
-
-def held_out_comparison(sorting: BaseSorting, truth: BaseSorting, start_frame: int, end_frame: int):
-    """``compare_sorter_to_ground_truth`` (defaults) of ``sorting`` against ``truth`` on frames
-    ``[start_frame, end_frame)`` of segment 0."""
-    from spikeinterface.comparison import compare_sorter_to_ground_truth
-
-    return compare_sorter_to_ground_truth(truth.frame_slice(start_frame, end_frame), sorting.frame_slice(start_frame, end_frame))
 
 
 def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: int) -> dict[str, dict]:

@@ -139,16 +139,20 @@ def _save(folder: Path, recording: BaseRecording, sorting: BaseSorting, spec: di
     return recording, sorting
 
 
+def held_out_comparison(sorting: BaseSorting, truth: BaseSorting, start_frame: int, end_frame: int):
+    """``compare_sorter_to_ground_truth`` (defaults) of ``sorting`` against ``truth`` on frames
+    ``[start_frame, end_frame)`` of segment 0."""
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    return compare_sorter_to_ground_truth(truth.frame_slice(start_frame, end_frame), sorting.frame_slice(start_frame, end_frame))
+
+
 def held_out_performance(sorting: BaseSorting, ground_truth: BaseSorting, start_frame: int) -> pd.DataFrame:
     """Per ground-truth unit accuracy, precision and recall of ``sorting`` on frames from ``start_frame``
     to the end of segment 0, with SpikeInterface's ``compare_sorter_to_ground_truth`` defaults."""
-    from spikeinterface.comparison import compare_sorter_to_ground_truth
-
     # an explicit end: SpikeInterface's frame_slice(start, None) fails on a sorting with an empty unit
     end_frame = 1 + max([int(s.to_spike_vector()["sample_index"].max(initial=start_frame)) for s in (sorting, ground_truth)])
-    comparison = compare_sorter_to_ground_truth(
-        ground_truth.frame_slice(start_frame, end_frame), sorting.frame_slice(start_frame, end_frame)
-    )
+    comparison = held_out_comparison(sorting, ground_truth, start_frame, end_frame)
     return comparison.get_performance()[["accuracy", "precision", "recall"]].astype(float)
 
 

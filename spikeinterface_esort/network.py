@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .parameters import INFERENCE_DTYPES
+
 
 MIN_WINDOW_SAMPLES = 4
 
@@ -111,9 +113,6 @@ class ESortNetwork(nn.Module):
 
 
 # inference: the same network with its batch norms folded into the weights -----------------------
-
-INFERENCE_DTYPES = ("float32", "bfloat16", "float16")
-
 
 class FoldedNetwork:
     """An ``ESortNetwork`` in eval mode with every BatchNorm folded into the layer before it, for inference.

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+INFERENCE_DTYPES = ("float32", "bfloat16", "float16")  # float16: CUDA only
+
 STEPS = ("preprocessing", "annotation", "network", "training", "inference", "postprocessing", "general")
 
 
@@ -173,7 +175,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("inference_dtype", "float32", (str,), "inference",
               "Precision of the network at inference and threshold choice: 'float32' (exact), 'bfloat16' (CPUs with AVX-512 BF16 or AMX, and GPUs; see docs/speed.md) "
               "or 'float16' (GPUs only). Training is always float32.",
-              choices=("float32", "bfloat16", "float16")),
+              choices=INFERENCE_DTYPES),
     # postprocessing
     Parameter("smoothing_ms", 0.53, (float,), "postprocessing",
               "Width of the triangular kernel smoothing each unit's probability trace, in ms "

@@ -316,8 +316,7 @@ def sort_with_model(
     if inference_dtype is not None:  # a copy of the model's parameters: the model itself is left as it was
         PARAMETERS_BY_NAME["inference_dtype"].check(inference_dtype)
         model = copy.copy(model)
-        model.params = dict(model.params, inference_dtype=inference_dtype)
-        model._folded = None
+        model.params = dict(model.params, inference_dtype=inference_dtype)  # the folded network follows it
     folder = None if folder is None else Path(folder)
     job_kwargs = resolve_job_kwargs(job_kwargs or {})
     progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose

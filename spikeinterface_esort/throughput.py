@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from .parameters import INFERENCE_DTYPES
+
 
 def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
             dtype: str = "float32", prefetch: bool = True) -> dict:
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 384])
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16", "float16"],
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=INFERENCE_DTYPES,
                         help="inference_dtype values (float16: GPU only)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording per measure")
     parser.add_argument("--device", default="cpu")
