@@ -50,6 +50,45 @@ def read_block(recording: BaseRecording, start: int, stop: int, segment_index: i
     return block
 
 
+class ThreadTuner:
+    """Chooses the network's CPU threads while the next chunk is read in the prefetch thread.
+
+    Reading and preprocessing a chunk (SpikeInterface's filters, single-threaded) and the network compete for
+    the same cores: with every core given to torch, its threads wait on the one the reader holds. Over chunks
+    1-2 the network runs with all ``threads``, over chunks 3-4 with one fewer (one core left to the reader);
+    the rest of the recording uses whichever sorted a chunk faster (wall time per chunk, waiting included).
+    Recordings of fewer than ``MIN_CHUNKS`` chunks keep ``threads``. The previous setting is restored by ``finish``.
+    """
+
+    MIN_CHUNKS = 8
+
+    def __init__(self, threads: int, num_chunks: int):
+        self.threads = threads
+        self.active = threads > 1 and num_chunks >= self.MIN_CHUNKS
+        self.trial = {threads: [], threads - 1: []}
+        self.last = None
+        self.chosen = threads
+
+    def before_chunk(self, index: int, now: float) -> None:
+        if not self.active:
+            return
+        if self.last is not None and 2 <= index <= 5:  # chunk index - 1 just finished
+            self.trial[self.threads if index <= 3 else self.threads - 1].append(now - self.last)
+        self.last = now
+        if index in (1, 2):
+            torch.set_num_threads(self.threads)
+        elif index in (3, 4):
+            torch.set_num_threads(self.threads - 1)
+        elif index == 5:
+            full, fewer = (float(np.mean(self.trial[t])) for t in (self.threads, self.threads - 1))
+            self.chosen = self.threads if full <= fewer else self.threads - 1
+            torch.set_num_threads(self.chosen)
+
+    def finish(self) -> int:
+        torch.set_num_threads(self.threads)
+        return self.chosen
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -73,9 +112,10 @@ def detect_in_recording(
     spike's time is refined between grid points by parabolic interpolation. A spike belongs to the chunk
     holding its grid point, so chunking never changes the result.
     With ``prefetch`` the next chunk is read and preprocessed in a thread while the network runs (SpikeInterface's
-    filters and numpy release the GIL), so on a GPU reading overlaps compute.
+    filters and numpy release the GIL), so on a GPU reading overlaps compute; on a CPU, ``ThreadTuner`` decides
+    whether the network keeps every torch thread or leaves one core to the reader.
     Timings (s) summed in ``timings``: waiting for the traces (reading/preprocessing not hidden by the overlap),
-    network, post-processing.
+    network, post-processing; with the tuner, ``network_threads`` (the torch threads it kept).
     """
     device = model.device
     margin_before, margin_after = model.margin_before(stride), model.margin_after(stride)
@@ -88,6 +128,7 @@ def detect_in_recording(
             jobs.append((segment_index, chunk_start, min(chunk_start + chunk_size, stop)))
 
     timings = dict(read_s=0.0, network_s=0.0, postprocessing_s=0.0)
+    threads = ThreadTuner(torch.get_num_threads(), len(jobs)) if (device.type == "cpu" and prefetch) else None
     out_samples, out_segments, out_units, out_probs = [], [], [], []
 
     def read(job):
@@ -97,30 +138,36 @@ def detect_in_recording(
 
     # the next chunk is read and preprocessed in a thread while the network runs on this one
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="esort-read") as reader:
-        pending = reader.submit(read, jobs[0]) if (jobs and prefetch) else None
-        for i, job in enumerate(tqdm(jobs, desc="esort inference", unit="chunk", disable=not progress_bar)):
-            segment_index, chunk_start, chunk_stop = job
-            t0 = time.perf_counter()
-            block_start, block = pending.result() if pending is not None else read(job)
-            pending = reader.submit(read, jobs[i + 1]) if (prefetch and i + 1 < len(jobs)) else None
-            traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
-            t1 = time.perf_counter()
-            probabilities = model.probabilities(traces, stride)
-            _sync(device)
-            t2 = time.perf_counter()
-            units, grid, samples, probs = model.spikes(probabilities, thresholds, stride)
-            grid = grid + block_start
-            mine = (grid >= chunk_start) & (grid < chunk_stop)
-            units, samples, probs = units[mine], samples[mine] + block_start, probs[mine]
-            _sync(device)
-            t3 = time.perf_counter()
-            timings["read_s"] += t1 - t0
-            timings["network_s"] += t2 - t1
-            timings["postprocessing_s"] += t3 - t2
-            out_samples.append(samples.cpu().numpy().astype(np.int64))
-            out_units.append(units.cpu().numpy().astype(np.int64))
-            out_probs.append(probs.cpu().numpy().astype(np.float32))
-            out_segments.append(np.full(len(out_samples[-1]), segment_index, dtype=np.int64))
+        try:
+            pending = reader.submit(read, jobs[0]) if (jobs and prefetch) else None
+            for i, job in enumerate(tqdm(jobs, desc="esort inference", unit="chunk", disable=not progress_bar)):
+                segment_index, chunk_start, chunk_stop = job
+                t0 = time.perf_counter()
+                if threads is not None:
+                    threads.before_chunk(i, t0)
+                block_start, block = pending.result() if pending is not None else read(job)
+                pending = reader.submit(read, jobs[i + 1]) if (prefetch and i + 1 < len(jobs)) else None
+                traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
+                t1 = time.perf_counter()
+                probabilities = model.probabilities(traces, stride)
+                _sync(device)
+                t2 = time.perf_counter()
+                units, grid, samples, probs = model.spikes(probabilities, thresholds, stride)
+                grid = grid + block_start
+                mine = (grid >= chunk_start) & (grid < chunk_stop)
+                units, samples, probs = units[mine], samples[mine] + block_start, probs[mine]
+                _sync(device)
+                t3 = time.perf_counter()
+                timings["read_s"] += t1 - t0
+                timings["network_s"] += t2 - t1
+                timings["postprocessing_s"] += t3 - t2
+                out_samples.append(samples.cpu().numpy().astype(np.int64))
+                out_units.append(units.cpu().numpy().astype(np.int64))
+                out_probs.append(probs.cpu().numpy().astype(np.float32))
+                out_segments.append(np.full(len(out_samples[-1]), segment_index, dtype=np.int64))
+        finally:  # the caller's thread count, even on error
+            if threads is not None:
+                timings["network_threads"] = threads.finish()
 
     if not jobs:
         empty = np.zeros(0, dtype=np.int64)

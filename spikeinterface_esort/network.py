@@ -101,6 +101,34 @@ class ESortNetwork(nn.Module):
         """Logits (batch, units, windows); see ``backbone`` for which windows."""
         return self.head(self.backbone(traces, stride))
 
+    def forward_windows(self, windows: torch.Tensor, channel_mixing: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (batch, units) of single windows (batch, channels, window_samples): ``forward(windows)[:, :, 0]``
+        written as matrix products (the training form; about twice as fast on CPU as the convolutions for L = T).
+
+        ``channel_mixing`` (channels, channels), if given, re-samples the channels first: the network sees input
+        channel c = sum_s channel_mixing[s, c] * channel s (the drift augmentation). It is applied after the first
+        temporal filter (linear and shared by all channels, so it commutes with the mixing): on f1 features instead
+        of window_samples samples per channel, window_samples / f1 times fewer operations than on the raw windows.
+        """
+        batch, channels, samples = windows.shape
+        if channels != self.num_channels or samples != self.window_samples:
+            raise ValueError(
+                f"forward_windows expects windows of {self.num_channels} channels x {self.window_samples} samples, "
+                f"got {channels} x {samples}."
+            )
+        x = F.linear(windows.reshape(batch * channels, samples), self.temporal1.weight[:, 0, :])  # (B*C, f1)
+        x = x.reshape(batch, channels, -1)
+        if channel_mixing is not None:  # one (B*f1, C) x (C, C) product
+            f1 = x.shape[-1]
+            x = x.transpose(1, 2).reshape(batch * f1, channels) @ channel_mixing.to(x.dtype)
+            x = x.reshape(batch, f1, channels).transpose(1, 2)  # (B, C, f1)
+        x = torch.relu(self.temporal1_norm((x + self.temporal1.bias).unsqueeze(-1)))  # (B, C, f1, 1)
+        x = F.linear(x.reshape(batch * channels, -1), self.temporal2.weight[:, :, 0], self.temporal2.bias)
+        x = torch.relu(self.temporal2_norm(x.reshape(batch, channels, -1, 1)))
+        x = F.linear(x.reshape(batch, -1), self.spatial.weight[:, :, 0], self.spatial.bias)  # channel-major C*f2
+        x = torch.relu(self.spatial_norm(x))
+        return F.linear(x, self.head.weight[:, :, 0], self.head.bias)
+
     def config(self) -> dict:
         """Constructor arguments, JSON-serialisable."""
         return dict(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from spikeinterface.core import BaseRecording, NumpySorting, select_segment_recording
 from spikeinterface.core.base import minimum_spike_dtype
 from spikeinterface.core.job_tools import ensure_chunk_size, fix_job_kwargs
@@ -192,6 +193,7 @@ def fit_model(
             backbone = resolve_backbone(params["pretrained_weights"], locations, fs)
         traces = load_traces(
             preprocessed, window.start_frame, window.end_frame, noise_levels, chunk_size=chunk_size, progress_bar=progress_bar,
+            n_jobs=torch.get_num_threads(),  # the job's n_jobs (see torch_threads)
         )
         jitter = int(round(params["jitter_ms"] * fs / 1000.0))
         network, history = fit_network(
@@ -247,6 +249,7 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
                 select_segment_recording(preprocessed, 0).frame_slice(window.start_frame, window.end_frame),
                 seed=params["seed"],
                 progress_bar=progress_bar,
+                n_jobs=job_kwargs["n_jobs"],
             )
 
         with timer("annotation"):

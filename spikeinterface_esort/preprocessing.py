@@ -49,12 +49,12 @@ def correct_motion(recording: BaseRecording, preset: str, folder, job_kwargs: di
     )
 
 
-def estimate_noise_levels(recording: BaseRecording, seed: int, progress_bar: bool = False) -> np.ndarray:
-    """Per-channel noise (MAD), in the recording's own units, from random chunks; floored to
-    avoid dividing by zero on dead channels."""
+def estimate_noise_levels(recording: BaseRecording, seed: int, progress_bar: bool = False, n_jobs: int = 1) -> np.ndarray:
+    """Per-channel noise (MAD), in the recording's own units, from random chunks (read by ``n_jobs`` threads);
+    floored to avoid dividing by zero on dead channels."""
     noise = get_noise_levels(
         recording, return_in_uV=False, random_slices_kwargs={"seed": seed}, force_recompute=True,
-        progress_bar=progress_bar,
+        progress_bar=progress_bar, n_jobs=max(1, int(n_jobs)), pool_engine="thread",
     )
     noise = np.asarray(noise, dtype="float32")
     positive = noise[noise > 0]

@@ -137,9 +137,8 @@ def pretrain(
         for j in rng.permutation(len(batches)):
             i, centres, targets = batches[j]
             windows = gather_windows(datasets[i]["traces"], centres, window)
-            if augmentation is not None:
-                windows = augmentation(windows, rng)
-            loss = loss_fn(networks[i](windows)[:, :, 0], targets)
+            mixing = augmentation.draw(rng) if augmentation is not None else None
+            loss = loss_fn(networks[i].forward_windows(windows, mixing), targets)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -15,6 +15,10 @@ a full ``run_sorter("esort")`` (trained on the first half with ground truth; the
 network; thresholds chosen with the path), its difference from the exact path (stride 1, float32), the
 worst unit's difference, and how far spike times move from the exact ones. ``--skip-throughput`` runs
 only that.
+
+``--memory 60 600 3600`` measures instead one path (the first channel count, stride and dtype given) over
+recordings of those durations, generated chunk by chunk while esort reads them (nothing written to disk):
+peak memory against recording length.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from .parameters import INFERENCE_DTYPES
 
 
 def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
-            dtype: str = "float32", prefetch: bool = True) -> dict:
-    """One configuration, in this process."""
+            dtype: str = "float32", prefetch: bool = True, lazy: bool = False) -> dict:
+    """One configuration, in this process. ``lazy``: the recording is generated chunk by chunk as it is read
+    (nothing saved; its generation counts in the inference step), for long recordings."""
     import numpy as np
     import torch
 
@@ -47,7 +52,17 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     from .preprocessing import preprocess
 
     torch.set_num_threads(threads)
-    recording, _ = generate_dataset(folder / f"rec{channels}", channels, max(10, channels // 8), duration_s, seed=0)
+    if lazy:
+        from spikeinterface.core import generate_ground_truth_recording
+
+        from .datasets import make_probe
+
+        recording, _ = generate_ground_truth_recording(
+            durations=[duration_s], num_channels=channels, num_units=max(10, channels // 8),
+            probe=make_probe("grid", channels), noise_kwargs=dict(noise_levels=5.0, strategy="on_the_fly"), seed=0,
+        )
+    else:
+        recording, _ = generate_dataset(folder / f"rec{channels}", channels, max(10, channels // 8), duration_s, seed=0)
     params = default_params()
     fs = recording.get_sampling_frequency()
     units = channels // 2
@@ -66,7 +81,7 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     t = detected.timings
     return dict(
         channels=channels, units=units, stride=stride, dtype=dtype, device=str(model.device), threads=threads,
-        prefetch=prefetch,
+        prefetch=prefetch, lazy=lazy, network_threads=t.get("network_threads", threads),
         duration_s=seconds,
         rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
         rtf_network_and_postprocessing=seconds / (t["network_s"] + t["postprocessing_s"]),
@@ -76,9 +91,10 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     )
 
 
-ACCURACY_DATASETS = {  # name: (channels, units, duration_s, seed, layout); 384 channels: see docs/benchmarks.md
+ACCURACY_DATASETS = {  # name: (channels, units, duration_s, seed, layout)
     "64ch-30u-60s": (64, 30, 60.0, 0, "grid"),
     "8ch-4u-12s": (8, 4, 12.0, 3, "grid"),
+    "np1-384ch-64u-40s": (384, 64, 40.0, 0, "np1"),  # the benchmark's np1 preset recording
 }
 
 
@@ -142,6 +158,33 @@ def timing_error(reference, other, max_samples: int = 12) -> dict:
     )
 
 
+def _child(folder: Path, args, channels: int, stride: int, dtype: str, duration: float, lazy: bool = False) -> dict:
+    """``measure`` in a fresh process (so that its peak memory is its own)."""
+    command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride), dtype,
+               "--duration", str(duration), "--device", args.device, "--threads", str(args.threads),
+               "--folder", str(folder)] + (["--no-prefetch"] if args.no_prefetch else []) + (["--lazy"] if lazy else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def memory_by_duration(folder: Path, args) -> int:
+    """Peak RSS and real-time factor of one path over recordings of growing duration (generated while read)."""
+    channels, stride, dtype = args.channels[0], args.strides[0], args.dtypes[0]
+    rows = []
+    for duration in args.memory:
+        rows.append(_child(folder, args, channels, stride, dtype, duration, lazy=True))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "memory.json").write_text(json.dumps(dict(memory=rows), indent=2))
+        print(f"{duration:g} s: peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}; "
+          f"{channels} channels, stride {stride}, {dtype}; recording generated while read\n")
+    print("| duration (s) | inference step incl. generation + filter (x RT) | wall (s) | peak RSS (MB) |")
+    print("| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['duration_s']:g} | {r['rtf_inference']:.2f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+    return 0
+
+
 def _paths(strides: list[int], dtypes: list[str]) -> list[tuple[int, str]]:
     """(stride, dtype) pairs, the exact path (1, float32) first."""
     paths = [(1, "float32")] + [(s, d) for d in dtypes for s in strides]
@@ -160,10 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--folder", default="esort_throughput")
     parser.add_argument("--accuracy", action="store_true", help="also measure held-out accuracy per path")
-    parser.add_argument("--datasets", nargs="+", default=list(ACCURACY_DATASETS), choices=list(ACCURACY_DATASETS),
+    parser.add_argument("--datasets", nargs="+", default=["64ch-30u-60s", "8ch-4u-12s"], choices=list(ACCURACY_DATASETS),
                         help="recordings of the accuracy part")
     parser.add_argument("--skip-throughput", action="store_true", help="only the accuracy part")
     parser.add_argument("--no-prefetch", action="store_true", help="read each chunk only when the network needs it")
+    parser.add_argument("--memory", type=float, nargs="+", metavar="SECONDS",
+                        help="instead of the table: peak memory and speed of one path (first of --channels, "
+                             "--strides, --dtypes) on recordings of these durations, generated as they are read")
+    parser.add_argument("--lazy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=3, metavar=("CHANNELS", "STRIDE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     folder = Path(args.folder).absolute()
@@ -171,18 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:  # child process: one measure, printed as JSON
         channels, stride, dtype = int(args.one[0]), int(args.one[1]), args.one[2]
         print(json.dumps(measure(folder, channels, stride, args.duration, args.device, args.threads, dtype,
-                                 not args.no_prefetch)))
+                                 not args.no_prefetch, args.lazy)))
         return 0
+    if args.memory:
+        return memory_by_duration(folder, args)
 
     paths = _paths(args.strides, args.dtypes)
     rows = []
     for channels in [] if args.skip_throughput else args.channels:
         for stride, dtype in paths:
-            command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride),
-                       dtype, "--duration", str(args.duration), "--device", args.device, "--threads",
-                       str(args.threads), "--folder", str(folder)] + (["--no-prefetch"] if args.no_prefetch else [])
-            out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+            rows.append(_child(folder, args, channels, stride, dtype, args.duration))
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows), indent=2))
             print(f"{channels} channels, stride {stride}, {dtype}: network + post-processing "
@@ -194,12 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}\n")
     if rows:
         print("| channels | units | device | stride | dtype | network (x RT) | post-processing (x RT) | "
-              "network + post-processing (x RT) | inference step incl. read + filter (x RT) | peak RSS (MB) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "network + post-processing (x RT) | inference step incl. read + filter (x RT) | network threads | "
+              "peak RSS (MB) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
             print(f"| {r['channels']} | {r['units']} | {r['device']} | {r['stride']} | {r['dtype']} | "
                   f"{r['rtf_network']:.2f} | {r['rtf_postprocessing']:.1f} | {r['rtf_network_and_postprocessing']:.2f} | "
-                  f"{r['rtf_inference']:.2f} | {r['peak_rss_mb']:.0f} |")
+                  f"{r['rtf_inference']:.2f} | {r['network_threads']} | {r['peak_rss_mb']:.0f} |")
     if accuracy:
         print("\n| dataset | stride | dtype | held-out accuracy | delta vs exact | worst unit's delta | precision | "
               "recall | inference step (x RT) |")

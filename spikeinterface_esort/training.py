@@ -46,15 +46,31 @@ def split_window(window: TrainingWindow, validation_fraction: float) -> Training
 
 
 def load_traces(
-    recording: BaseRecording, start: int, stop: int, noise_levels: np.ndarray, chunk_size: int, progress_bar: bool
+    recording: BaseRecording,
+    start: int,
+    stop: int,
+    noise_levels: np.ndarray,
+    chunk_size: int,
+    progress_bar: bool,
+    n_jobs: int = 1,
 ) -> torch.Tensor:
-    """Noise-normalised traces (samples, channels) of frames [start, stop) of segment 0, as float16."""
+    """Noise-normalised traces (samples, channels) of frames [start, stop) of segment 0, as float16; chunks are
+    read and preprocessed by ``n_jobs`` threads (SpikeInterface's filters release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     out = torch.empty((stop - start, recording.get_num_channels()), dtype=torch.float16)
     scale = (1.0 / noise_levels).astype("float32")
-    for s in tqdm(range(start, stop, chunk_size), desc="esort training traces", unit="chunk", disable=not progress_bar):
+
+    def read(s: int) -> None:
         e = min(s + chunk_size, stop)
         block = read_block(recording, s, e, segment_index=0).astype("float32") * scale
         out[s - start : e - start] = torch.from_numpy(block)
+
+    starts = range(start, stop, chunk_size)
+    with ThreadPoolExecutor(max_workers=max(1, int(n_jobs)), thread_name_prefix="esort-load") as pool:
+        for _ in tqdm(pool.map(read, starts), total=len(starts), desc="esort training traces", unit="chunk",
+                      disable=not progress_bar):
+            pass
     return out
 
 
@@ -142,10 +158,14 @@ class DriftAugmentation:
         ]
         self.kernels = torch.from_numpy(np.stack(kernels).astype("float32")).to(device)  # (shifts, source, target)
 
+    def draw(self, rng: np.random.Generator) -> torch.Tensor:
+        """The (source, target) channel-mixing matrix of one random shift, for ``ESortNetwork.forward_windows``."""
+        return self.kernels[int(rng.integers(len(self.shifts_um)))]
+
     def __call__(self, windows: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Windows (batch, channels, samples), all shifted by one random shift."""
-        kernel = self.kernels[int(rng.integers(len(self.shifts_um)))]
-        return torch.einsum("bst,sc->bct", windows, kernel)
+        """Windows (batch, channels, samples), all shifted by one random shift (training mixes inside the network
+        instead: ``forward_windows(windows, draw(rng))``, the same result at a fraction of the cost)."""
+        return torch.einsum("bst,sc->bct", windows, self.draw(rng))
 
 
 def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np.ndarray | None) -> float:
@@ -160,7 +180,9 @@ def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np
 def gather_windows(traces: torch.Tensor, centres: torch.Tensor, window_samples: int) -> torch.Tensor:
     """Windows (batch, channels, window_samples) of (samples, channels) traces centred at ``centres``."""
     offsets = torch.arange(window_samples, device=traces.device) - window_samples // 2
-    return traces[centres[:, None] + offsets].permute(0, 2, 1).to(torch.float32)
+    gathered = traces[centres[:, None] + offsets]  # (batch, samples, channels)
+    windows = torch.empty((len(centres), traces.shape[1], window_samples), dtype=torch.float32, device=traces.device)
+    return windows.copy_(gathered.permute(0, 2, 1))  # contiguous float32, in one pass
 
 
 def _batches(num: int, batch_size: int):
@@ -188,6 +210,7 @@ def train_network(
     optimiser = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=params["learning_rate"])
     loss_fn = torch.nn.BCEWithLogitsLoss()
     window = network.window_samples
+    mixed_precision = params.get("training_dtype", "float32") == "bfloat16"
 
     validation = None
     if validation_sampler is not None and len(validation_sampler.anchor_samples) > 0:
@@ -205,10 +228,10 @@ def train_network(
         total, count = 0.0, 0
         for start, stop in _batches(len(centres), params["batch_size"]):
             windows = gather_windows(traces, centres[start:stop], window)
-            if augmentation is not None:
-                windows = augmentation(windows, rng)
-            logits = network(windows)[:, :, 0]
-            loss = loss_fn(logits, targets[start:stop])
+            mixing = augmentation.draw(rng) if augmentation is not None else None
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+                logits = network.forward_windows(windows, mixing)
+            loss = loss_fn(logits.float(), targets[start:stop])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -244,7 +267,7 @@ def evaluate_loss(network: ESortNetwork, traces: torch.Tensor, windows: tuple, b
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
     total = 0.0
     for start in range(0, len(centres), batch_size):
-        logits = network(gather_windows(traces, centres[start : start + batch_size], network.window_samples))[:, :, 0]
+        logits = network.forward_windows(gather_windows(traces, centres[start : start + batch_size], network.window_samples))
         total += float(loss_fn(logits, targets[start : start + batch_size]))
     return total / max(targets.numel(), 1)
 

@@ -76,8 +76,30 @@ def test_reading_ahead_changes_no_spike(small_recording, small_esort_run):
     folder, _ = small_esort_run
     model = ESortModel.load(folder)
     preprocessed = preprocess(recording, model.preprocessing)
-    ahead = detect_in_recording(model, preprocessed, 7000, progress_bar=False, prefetch=True)
-    in_turn = detect_in_recording(model, preprocessed, 7000, progress_bar=False, prefetch=False)
+    threads = torch.get_num_threads()
+    # 3000-sample chunks: enough of them for the thread tuner to try both thread counts
+    ahead = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=True)
+    in_turn = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=False)
+    assert torch.get_num_threads() == threads  # the tuner restores the caller's setting
     assert len(ahead.sample_index) > 0
     for name in ("sample_index", "segment_index", "unit_index", "probability"):
         np.testing.assert_array_equal(getattr(ahead, name), getattr(in_turn, name))
+
+
+def test_thread_tuner_keeps_the_faster_thread_count():
+    from spikeinterface_esort.inference import ThreadTuner
+
+    previous = torch.get_num_threads()
+    for full_s, fewer_s, expected in ((1.0, 0.6, 1), (0.5, 0.9, 2)):
+        tuner = ThreadTuner(2, num_chunks=10)
+        now = 0.0
+        for index in range(10):
+            tuner.before_chunk(index, now)
+            now += {1: full_s, 2: full_s, 3: fewer_s, 4: fewer_s}.get(index, 0.7)  # chunk index takes this long
+            if index >= 5:
+                assert torch.get_num_threads() == expected
+        assert tuner.finish() == expected
+        assert torch.get_num_threads() == 2
+    assert ThreadTuner(2, num_chunks=4).finish() == 2  # too few chunks to try: all threads
+    assert ThreadTuner(1, num_chunks=40).finish() == 1
+    torch.set_num_threads(previous)

@@ -9,7 +9,7 @@ from spikeinterface.core import NumpyRecording
 from spikeinterface_esort.inference import detect_in_recording
 from spikeinterface_esort.model import ESortModel
 from spikeinterface_esort.network import ESortNetwork
-from spikeinterface_esort.postprocessing import local_maxima, smoothing_taps, triangular_kernel
+from spikeinterface_esort.postprocessing import local_maxima, smooth, smoothing_taps, triangular_kernel
 
 
 def random_network(channels=6, window=20, units=3, seed=0):
@@ -55,6 +55,14 @@ def test_triangular_kernel_matches_the_paper():
     assert smoothing_taps(0.53, 32000.0) == 17
     kernel = triangular_kernel(17).numpy()
     np.testing.assert_allclose(kernel * 81, np.r_[np.arange(1, 10), np.arange(8, 0, -1)])
+
+
+@pytest.mark.parametrize("taps", [1, 5, 17])
+def test_smoothing_is_the_triangular_convolution(taps):
+    probabilities = torch.rand(6, 300)
+    kernel = triangular_kernel(taps)
+    expected = torch.nn.functional.conv1d(probabilities.unsqueeze(1), kernel.reshape(1, 1, -1)).squeeze(1)
+    torch.testing.assert_close(smooth(probabilities, kernel), expected, atol=1e-7, rtol=1e-6)
 
 
 def test_local_maxima_threshold_and_plateau():

@@ -1,6 +1,7 @@
 """Training windows follow the published recipe, and drift augmentation moves signals along the probe."""
 
 import numpy as np
+import pytest
 import torch
 from probeinterface import generate_multi_columns_probe
 
@@ -56,3 +57,24 @@ def test_drift_augmentation_is_bounded_by_the_probe_depth():
     assert drift_augmentation_range(20.0, tall) == 20.0
     assert drift_augmentation_range(20.0, short) == 5.0
     assert drift_augmentation_range(0.0, tall) == 0.0
+
+
+def test_training_forward_equals_the_convolutional_network_with_and_without_drift_mixing():
+    """forward_windows (matrix products, mixing after the first temporal filter) gives the logits of the
+    convolutional forward on the re-sampled windows, in training mode (batch statistics) and in eval mode."""
+    from spikeinterface_esort.network import ESortNetwork
+
+    probe = generate_multi_columns_probe(num_columns=2, num_contact_per_column=8, ypitch=20)
+    augmentation = DriftAugmentation(probe.contact_positions, max_shift_um=20.0, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    network = ESortNetwork(16, 12, 3)
+    windows = torch.randn(64, 16, 12)
+    mixing = augmentation.draw(np.random.default_rng(1))
+    for mode in (network.train, network.eval):
+        mode()
+        torch.testing.assert_close(network.forward_windows(windows), network(windows)[:, :, 0], atol=1e-5, rtol=1e-4)
+        shifted = torch.einsum("bst,sc->bct", windows, mixing)
+        torch.testing.assert_close(network.forward_windows(windows, mixing), network(shifted)[:, :, 0],
+                                   atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="16 channels x 12 samples"):
+        network.forward_windows(torch.randn(4, 16, 13))

@@ -1,0 +1,30 @@
+"""The throughput benchmark measures what it says: one row per path, the fast path compared with the exact one,
+and peak memory over recordings of growing length."""
+
+from __future__ import annotations
+
+import json
+
+from spikeinterface_esort import throughput
+
+
+def test_throughput_table_has_a_row_per_path(tmp_path, capsys):
+    assert throughput.main(["--channels", "8", "--strides", "2", "--dtypes", "float32", "--duration", "3",
+                            "--threads", "1", "--folder", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "throughput.json").read_text())["throughput"]
+    assert [(r["stride"], r["dtype"]) for r in rows] == [(1, "float32"), (2, "float32")]  # exact path first
+    for r in rows:
+        assert r["channels"] == 8 and r["duration_s"] == 3.0
+        assert r["rtf_network"] > r["rtf_network_and_postprocessing"] > 0
+        assert r["wall_s"] > 0 and r["peak_rss_mb"] > 50
+    assert "| 8 | 4 | cpu | 2 | float32 |" in capsys.readouterr().out
+
+
+def test_memory_mode_reads_recordings_generated_on_the_fly(tmp_path, capsys):
+    assert throughput.main(["--channels", "8", "--strides", "1", "--dtypes", "float32", "--threads", "1",
+                            "--memory", "2", "4", "--folder", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "memory.json").read_text())["memory"]
+    assert [r["duration_s"] for r in rows] == [2.0, 4.0]
+    assert all(r["lazy"] and r["peak_rss_mb"] > 50 for r in rows)
+    assert not any(tmp_path.glob("rec*"))  # nothing generated to disk
+    assert "| 4 |" in capsys.readouterr().out
