@@ -87,11 +87,6 @@ class ESortModel:
         return self
 
     # inference ---------------------------------------------------------------------------
-    def normalise(self, traces: torch.Tensor) -> torch.Tensor:
-        """Divide (samples, channels) traces by each channel's noise level and return (channels, samples)."""
-        noise = torch.as_tensor(self.noise_levels, device=traces.device)
-        return (traces.to(torch.float32) / noise).T
-
     @property
     def inference_dtype(self) -> str:
         """Precision of the folded network at inference (the ``inference_dtype`` parameter)."""
@@ -101,19 +96,22 @@ class ESortModel:
         """The network in eval mode with its batch norms folded (see ``FoldedNetwork``); rebuilt only when
         the weights, device or ``inference_dtype`` change."""
         tensors = list(self.network.parameters()) + list(self.network.buffers())
-        state = (self.inference_dtype, str(self.device), tuple((t.data_ptr(), t._version) for t in tensors))
+        noise = np.asarray(self.noise_levels, dtype="float32")
+        state = (self.inference_dtype, str(self.device), tuple((t.data_ptr(), t._version) for t in tensors),
+                 noise.tobytes())
         if self._folded is None or self._folded[0] != state:
             if self.inference_dtype == "float16" and self.device.type != "cuda":
                 raise ValueError("inference_dtype 'float16' needs a CUDA device; on a CPU use 'bfloat16' or 'float32'.")
             self.network.eval()
-            self._folded = (state, FoldedNetwork(self.network, self.inference_dtype))
+            gain = torch.from_numpy(1.0 / noise).to(self.device)  # normalisation folded into the first scale
+            self._folded = (state, FoldedNetwork(self.network, self.inference_dtype, input_gain=gain))
         return self._folded[1]
 
     @torch.no_grad()
     def probabilities(self, traces: torch.Tensor, stride: int = 1) -> torch.Tensor:
         """Firing probabilities (units, points) of a block of preprocessed traces (samples, channels); point i
         is centred on block sample i * stride + network.window_center (every sample when stride is 1)."""
-        return torch.sigmoid(self.folded_network()(self.normalise(traces), stride))
+        return torch.sigmoid(self.folded_network()(traces.T, stride))  # normalised inside (input_gain)
 
     @torch.no_grad()
     def spikes(

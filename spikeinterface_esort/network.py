@@ -150,11 +150,13 @@ class FoldedNetwork:
     weights. The spatial batch norm folds into the spatial weights. The result equals ``network.eval()``'s
     logits up to float rounding, without the BatchNorm passes over the (channels x 16 x samples) features,
     and is evaluated in blocks of windows so those features stay small (about 16 MB at float32).
+    ``input_gain`` (channels,), if given, multiplies each input channel first (the model's 1 / noise level, so that
+    normalising the traces costs no pass of its own); traces may then be given in any memory layout.
     ``dtype`` is the precision of every layer (the normalised input included; logits are returned as float32):
     float32 (exact), bfloat16 (CPUs with AVX-512 BF16 or AMX, GPUs) or float16 (GPUs).
     """
 
-    def __init__(self, network: "ESortNetwork", dtype: str = "float32"):
+    def __init__(self, network: "ESortNetwork", dtype: str = "float32", input_gain: torch.Tensor | None = None):
         if dtype not in INFERENCE_DTYPES:
             raise ValueError(f"inference dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
         self.window_samples = network.window_samples
@@ -165,7 +167,8 @@ class FoldedNetwork:
             a3, d3 = _batch_norm_affine(network.spatial_norm)  # (H,)
             f1, f2 = network.temporal_features
             dt = self.dtype
-            self.input_scale = a1  # multiplies input channel c before the shared temporal filter
+            gain = torch.ones_like(a1) if input_gain is None else torch.as_tensor(input_gain).to(a1)
+            self.input_scale = a1 * gain  # multiplies input channel c before the shared temporal filter
             self.temporal1_weight = network.temporal1.weight.detach().to(dt).contiguous()  # (f1, 1, T)
             self.temporal1_bias = (a1[:, None] * network.temporal1.bias[None, :] + d1[:, None])[..., None].to(dt)  # (C, f1, 1)
             w2 = network.temporal2.weight.detach()[:, :, 0]  # (f2, f1)
@@ -191,7 +194,9 @@ class FoldedNetwork:
         channels, samples = traces.shape
         if samples < self.window_samples:
             raise ValueError(f"ESortNetwork needs at least {self.window_samples} samples, got {samples}.")
-        x = (traces * self.input_scale[:, None]).to(self.dtype).unsqueeze(1)  # (C, 1, L)
+        x = torch.empty((channels, samples), dtype=self.dtype, device=traces.device)
+        torch.mul(traces, self.input_scale[:, None], out=x)  # scaled, cast and contiguous in one pass
+        x = x.unsqueeze(1)  # (C, 1, L)
         windows = (samples - self.window_samples) // stride + 1
         block = self.block_windows(traces.device)
         out = []
