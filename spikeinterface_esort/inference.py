@@ -56,7 +56,7 @@ class ThreadTuner:
     Reading and preprocessing a chunk (SpikeInterface's filters, single-threaded) and the network compete for
     the same cores: with every core given to torch, its threads wait on the one the reader holds. Over chunks
     1-2 the network runs with all ``threads``, over chunks 3-4 with one fewer (one core left to the reader);
-    the rest of the recording uses whichever sorted a chunk faster (wall time per chunk, waiting included).
+    the rest of the recording uses whichever sorted faster (wall time per sample, waiting included).
     Recordings of fewer than ``MIN_CHUNKS`` chunks keep ``threads``. The previous setting is restored by ``finish``.
     """
 
@@ -69,11 +69,13 @@ class ThreadTuner:
         self.last = None
         self.chosen = threads
 
-    def before_chunk(self, index: int, now: float) -> None:
+    def before_chunk(self, index: int, now: float, previous_samples: int = 1) -> None:
+        """Called before chunk ``index`` is sorted, at time ``now`` (s); ``previous_samples``: chunk index - 1's length."""
         if not self.active:
             return
         if self.last is not None and 2 <= index <= 5:  # chunk index - 1 just finished
-            self.trial[self.threads if index <= 3 else self.threads - 1].append(now - self.last)
+            seconds_per_sample = (now - self.last) / max(1, previous_samples)
+            self.trial[self.threads if index <= 3 else self.threads - 1].append(seconds_per_sample)
         self.last = now
         if index in (1, 2):
             torch.set_num_threads(self.threads)
@@ -144,7 +146,7 @@ def detect_in_recording(
                 segment_index, chunk_start, chunk_stop = job
                 t0 = time.perf_counter()
                 if threads is not None:
-                    threads.before_chunk(i, t0)
+                    threads.before_chunk(i, t0, jobs[i - 1][2] - jobs[i - 1][1] if i else 1)
                 block_start, block = pending.result() if pending is not None else read(job)
                 pending = reader.submit(read, jobs[i + 1]) if (prefetch and i + 1 < len(jobs)) else None
                 traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)

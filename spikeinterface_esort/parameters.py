@@ -167,8 +167,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("batch_size", 1024, (int,), "training", "Windows per training batch.", minimum=1),
     Parameter("training_dtype", "float32", (str,), "training",
               "Precision of the network's matrix products during training: 'float32', or 'bfloat16' (mixed "
-              "precision with torch.autocast, weights and optimiser kept in float32; about 1.5x faster on CPUs "
-              "with AVX-512 BF16 or AMX and on GPUs, slower on other CPUs; see docs/speed.md).",
+              "precision with torch.autocast, weights and optimiser kept in float32; faster on CPUs with AVX-512 "
+              "BF16 or AMX and on GPUs, slower on other CPUs; see docs/speed.md).",
               choices=TRAINING_DTYPES),
     # inference
     Parameter("torch_device", "auto", (str,), "inference",

@@ -86,7 +86,7 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
         rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
         rtf_network_and_postprocessing=seconds / (t["network_s"] + t["postprocessing_s"]),
         rtf_inference=seconds / wall, read_s=t["read_s"], network_s=t["network_s"],
-        postprocessing_s=t["postprocessing_s"], wall_s=wall,
+        postprocessing_s=t["postprocessing_s"], wall_s=wall, spikes=int(len(detected.sample_index)),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     )
 
@@ -178,10 +178,11 @@ def memory_by_duration(folder: Path, args) -> int:
         print(f"{duration:g} s: peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
     print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}; "
           f"{channels} channels, stride {stride}, {dtype}; recording generated while read\n")
-    print("| duration (s) | inference step incl. generation + filter (x RT) | wall (s) | peak RSS (MB) |")
-    print("| --- | --- | --- | --- |")
+    print("| duration (s) | inference step incl. generation + filter (x RT) | wall (s) | spikes kept | peak RSS (MB) |")
+    print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['duration_s']:g} | {r['rtf_inference']:.2f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+        print(f"| {r['duration_s']:g} | {r['rtf_inference']:.2f} | {r['wall_s']:.1f} | {r.get('spikes', '')} | "
+              f"{r['peak_rss_mb']:.0f} |")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The fast inference paths agree with the exact one: batch norms folded into the weights (always on), and
-bfloat16 (``inference_dtype``)."""
+"""The fast paths agree with the exact one: batch norms folded into the weights (always on), bfloat16 inference
+(``inference_dtype``), the thread tuner, and mixed-precision training (``training_dtype``)."""
 
 from __future__ import annotations
 
@@ -103,3 +103,18 @@ def test_thread_tuner_keeps_the_faster_thread_count():
     assert ThreadTuner(2, num_chunks=4).finish() == 2  # too few chunks to try: all threads
     assert ThreadTuner(1, num_chunks=40).finish() == 1
     torch.set_num_threads(previous)
+
+
+def test_bfloat16_training_learns_like_float32(small_recording, small_esort_run, tmp_path):
+    """Mixed-precision training (training_dtype="bfloat16") reaches the float32 run's held-out accuracy."""
+    import spikeinterface.sorters as ss
+
+    recording, truth, gt_folder = small_recording
+    _, exact = small_esort_run
+    mixed = ss.run_sorter("esort", recording, folder=tmp_path / "bf16", annotation_sorting_path=str(gt_folder),
+                          train_duration_s=8.0, training_dtype="bfloat16")
+    start = 8 * 30000
+    exact_accuracy = held_out_performance(exact, truth, start)["accuracy"].mean()
+    mixed_accuracy = held_out_performance(mixed, truth, start)["accuracy"].mean()
+    assert mixed_accuracy >= 0.8
+    assert abs(mixed_accuracy - exact_accuracy) <= 0.05
