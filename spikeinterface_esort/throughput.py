@@ -192,7 +192,8 @@ def _paths(strides: list[int], dtypes: list[str]) -> list[tuple[int, str]]:
     return list(dict.fromkeys(paths))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m spikeinterface_esort.throughput``."""
     parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 384])
@@ -213,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                              "--strides, --dtypes) on recordings of these durations, generated as they are read")
     parser.add_argument("--lazy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=3, metavar=("CHANNELS", "STRIDE", "DTYPE"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     folder = Path(args.folder).absolute()
 
     if args.one:  # child process: one measure, printed as JSON

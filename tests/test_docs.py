@@ -64,6 +64,18 @@ def test_benchmark_commands_in_the_docs_parse():
         assert all(case in SORTERS + ("esort_fast",) for case in args.sorters)
 
 
+def test_speed_doc_commands_parse():
+    """The throughput commands of docs/speed.md use existing options, datasets and dtypes."""
+    from spikeinterface_esort.throughput import build_parser
+
+    text = (ROOT / "docs" / "speed.md").read_text()
+    lines = "\n".join(fenced_blocks(text, "bash")).replace("\\\n", " ").splitlines()
+    commands = [line for line in lines if "spikeinterface_esort.throughput" in line]
+    assert len(commands) >= 3
+    for command in commands:
+        build_parser().parse_args(command.split("spikeinterface_esort.throughput", 1)[1].split())
+
+
 def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
     guide = (ROOT / "docs" / "user-guide.md").read_text()
     blocks = fenced_blocks(guide, "python")
