@@ -85,7 +85,8 @@ PRESETS = {
 }
 
 SORTERS = ("esort_ground_truth", "esort_teacher", "kilosort4", "spykingcircus2", "tridesclous2")
-# esort_fast: esort_ground_truth with the fast inference path (docs/speed.md); not in the default list
+# esort_fast: esort_ground_truth with bfloat16 training capped at 10 epochs and the fast inference path
+# (docs/speed.md); not in the default list
 FAST_ESORT_PARAMS = dict(training_dtype="bfloat16", epochs=10, inference_dtype="bfloat16", inference_stride=2)
 
 

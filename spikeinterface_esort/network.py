@@ -151,7 +151,8 @@ class FoldedNetwork:
     logits up to float rounding, without the BatchNorm passes over the (channels x 16 x samples) features,
     and is evaluated in blocks of windows so those features stay small (about 16 MB at float32).
     ``input_gain`` (channels,), if given, multiplies each input channel first (the model's 1 / noise level, so that
-    normalising the traces costs no pass of its own); traces may then be given in any memory layout.
+    normalising the traces costs no pass of its own). Traces may be given in any memory layout (a transposed
+    view of (samples, channels) traces is read in the same pass).
     ``dtype`` is the precision of every layer (the normalised input included; logits are returned as float32):
     float32 (exact), bfloat16 (CPUs with AVX-512 BF16 or AMX, GPUs) or float16 (GPUs).
     """

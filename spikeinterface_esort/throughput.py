@@ -10,8 +10,8 @@ second of compute) of the network, of post-processing, of both, and of the whole
 (reading, filtering, network, post-processing), and the peak resident memory of the process.
 ``--device cuda`` measures a GPU.
 
-``--accuracy`` adds, for each path and each recording of ``ACCURACY_DATASETS``, the held-out accuracy of
-a full ``run_sorter("esort")`` (trained on the first half with ground truth; the same seed, so the same
+``--accuracy`` adds, for each path and each recording of ``--datasets`` (names in ``ACCURACY_DATASETS``), the
+held-out accuracy of a full ``run_sorter("esort")`` (trained on the first half with ground truth; the same seed, so the same
 network; thresholds chosen with the path), its difference from the exact path (stride 1, float32), the
 worst unit's difference, and how far spike times move from the exact ones. ``--skip-throughput`` runs
 only that.

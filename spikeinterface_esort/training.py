@@ -159,13 +159,9 @@ class DriftAugmentation:
         self.kernels = torch.from_numpy(np.stack(kernels).astype("float32")).to(device)  # (shifts, source, target)
 
     def draw(self, rng: np.random.Generator) -> torch.Tensor:
-        """The (source, target) channel-mixing matrix of one random shift, for ``ESortNetwork.forward_windows``."""
+        """The (source, target) channel-mixing matrix of one random shift, for ``ESortNetwork.forward_windows``
+        (shifted windows are ``einsum("bst,sc->bct", windows, matrix)``; the network mixes after its first filter)."""
         return self.kernels[int(rng.integers(len(self.shifts_um)))]
-
-    def __call__(self, windows: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        """Windows (batch, channels, samples), all shifted by one random shift (training mixes inside the network
-        instead: ``forward_windows(windows, draw(rng))``, the same result at a fraction of the cost)."""
-        return torch.einsum("bst,sc->bct", windows, self.draw(rng))
 
 
 def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np.ndarray | None) -> float:
