@@ -157,6 +157,8 @@ class FoldedNetwork:
     float32 (exact), bfloat16 (CPUs with AVX-512 BF16 or AMX, GPUs) or float16 (GPUs).
     """
 
+    CAST_SLICE_SAMPLES = 1024
+
     def __init__(self, network: "ESortNetwork", dtype: str = "float32", input_gain: torch.Tensor | None = None):
         if dtype not in INFERENCE_DTYPES:
             raise ValueError(f"inference dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
@@ -196,7 +198,11 @@ class FoldedNetwork:
         if samples < self.window_samples:
             raise ValueError(f"ESortNetwork needs at least {self.window_samples} samples, got {samples}.")
         x = torch.empty((channels, samples), dtype=self.dtype, device=traces.device)
-        torch.mul(traces, self.input_scale[:, None], out=x)  # scaled, cast and contiguous in one pass
+        # scaled, cast and made contiguous in one pass, in slices of samples: a transposed input is then
+        # read in cache-sized tiles (about 4x faster on CPU than one pass over the whole chunk)
+        step = samples if traces.device.type != "cpu" else self.CAST_SLICE_SAMPLES
+        for first in range(0, samples, step):
+            torch.mul(traces[:, first : first + step], self.input_scale[:, None], out=x[:, first : first + step])
         x = x.unsqueeze(1)  # (C, 1, L)
         windows = (samples - self.window_samples) // stride + 1
         block = self.block_windows(traces.device)

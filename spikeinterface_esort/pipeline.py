@@ -205,7 +205,8 @@ def fit_model(
             network, fs, preprocessed.channel_ids, locations, noise_levels, annotations.unit_ids,
             smoothing_taps(params["smoothing_ms"], fs),
             preprocessing={
-                k: params[k] for k in ("apply_preprocessing", "freq_min", "freq_max", "common_reference", "motion_correction")
+                k: params[k]
+                for k in ("apply_preprocessing", "freq_min", "freq_max", "common_reference", "filter_method", "motion_correction")
             },
             params={k: v for k, v in params.items() if k not in MODEL_PARAMS_EXCLUDED},
         )

@@ -1,14 +1,27 @@
-"""Preprocessing: bandpass filter and common median reference, through SpikeInterface.
+"""Preprocessing: bandpass filter and common median reference.
 
 The result is a lazy SpikeInterface recording in float32; traces are only read,
-chunk by chunk, by training and inference.
+chunk by chunk, by training and inference. Two filters give the same zero-phase
+Butterworth response (order 5, gain |H(f)|^2, as a forward-backward pass):
+``filter_method="fft"`` (``FFTBandpassRecording``, one FFT per chunk, with the median
+reference in the same pass) and ``filter_method="sosfiltfilt"`` (SpikeInterface's
+``bandpass_filter`` and ``common_reference``).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+import scipy.fft
+import scipy.signal
 import spikeinterface.preprocessing as spre
 from spikeinterface.core import BaseRecording, get_noise_levels
+from spikeinterface.preprocessing.basepreprocessor import BasePreprocessor, BasePreprocessorSegment
+
+FILTER_METHODS = ("fft", "sosfiltfilt")
+FILTER_ORDER = 5  # Butterworth order, as SpikeInterface's bandpass_filter
+FFT_MARGIN_PERIODS = 10  # margin on each side of a chunk, in periods of freq_min (33 ms at 300 Hz)
 
 
 def check_preprocessing_params(recording: BaseRecording, params: dict) -> None:
@@ -28,14 +41,110 @@ def check_preprocessing_params(recording: BaseRecording, params: dict) -> None:
 
 
 def preprocess(recording: BaseRecording, params: dict) -> BaseRecording:
-    """Bandpass filter (freq_min-freq_max Hz) and, if asked, common median reference; float32."""
+    """Bandpass filter (freq_min-freq_max Hz) and, if asked, common median reference; float32.
+    ``params["filter_method"]`` chooses the implementation (models saved before it existed used 'sosfiltfilt')."""
     if not params["apply_preprocessing"]:
         return spre.astype(recording, "float32") if recording.get_dtype() != np.float32 else recording
     check_preprocessing_params(recording, params)
+    median_reference = bool(params["common_reference"]) and recording.get_num_channels() > 1
+    method = params.get("filter_method", "sosfiltfilt")
+    if method == "fft":
+        return FFTBandpassRecording(recording, params["freq_min"], params["freq_max"], median_reference)
+    if method != "sosfiltfilt":
+        raise ValueError(f"esort parameter 'filter_method' must be one of {FILTER_METHODS}, got {method!r}.")
     out = spre.bandpass_filter(recording, freq_min=params["freq_min"], freq_max=params["freq_max"], dtype="float32")
-    if params["common_reference"] and recording.get_num_channels() > 1:
+    if median_reference:
         out = spre.common_reference(out, reference="global", operator="median")
     return out
+
+
+@lru_cache(maxsize=16)
+def _fft_gain(num_samples: int, sampling_frequency: float, freq_min: float, freq_max: float) -> np.ndarray:
+    """|H(f)|^2 of the order-5 Butterworth bandpass at the rfft frequencies of ``num_samples`` samples, float32
+    (the response of a forward-backward pass), shaped (frequencies, 1)."""
+    sos = scipy.signal.iirfilter(FILTER_ORDER, [freq_min, freq_max], fs=sampling_frequency, btype="bandpass",
+                                 ftype="butter", output="sos")
+    _, h = scipy.signal.sosfreqz(sos, worN=np.fft.rfftfreq(num_samples, 1.0 / sampling_frequency), fs=sampling_frequency)
+    return (np.abs(h) ** 2).astype(np.float32)[:, None]
+
+
+def median_reference_(traces: np.ndarray) -> np.ndarray:
+    """Subtract, in place, the median across channels at each sample of float ``traces`` (samples, channels);
+    the same values as ``np.median`` (mean of the two middle values for an even channel count)."""
+    channels = traces.shape[1]
+    middle = channels // 2
+    if channels % 2:
+        median = np.partition(traces, middle, axis=1)[:, middle]
+    else:
+        part = np.partition(traces, (middle - 1, middle), axis=1)
+        median = (part[:, middle - 1] + part[:, middle]) / 2
+    traces -= median[:, None]
+    return traces
+
+
+class FFTBandpassRecording(BasePreprocessor):
+    """Zero-phase Butterworth bandpass (order 5, ``freq_min``-``freq_max`` Hz) applied as one FFT per chunk,
+    then, if ``median_reference``, the global common median reference; float32.
+
+    The filter's gain is |H(f)|^2, the frequency response of SpikeInterface's forward-backward ``sosfiltfilt``;
+    each chunk is read with ``FFT_MARGIN_PERIODS`` periods of ``freq_min`` on each side (mirrored, odd
+    extension, at the segment's ends), so the result does not depend on the chunking. Three to four times
+    cheaper than ``sosfiltfilt`` on CPU (docs/speed.md), which bounds a 384-channel sort on few cores.
+    """
+
+    def __init__(self, recording: BaseRecording, freq_min: float = 300.0, freq_max: float = 6000.0,
+                 median_reference: bool = True):
+        fs = recording.get_sampling_frequency()
+        if not 0 < freq_min < freq_max < fs / 2:
+            raise ValueError(f"FFTBandpassRecording needs 0 < freq_min < freq_max < {fs / 2:g} Hz, got "
+                             f"{freq_min} and {freq_max}.")
+        BasePreprocessor.__init__(self, recording, dtype="float32")
+        self.annotate(is_filtered=True)
+        if "offset_to_uV" in self.get_property_keys():
+            self.set_channel_offsets(0)
+        margin = int(np.ceil(FFT_MARGIN_PERIODS * fs / freq_min))
+        for parent_segment in recording.segments:
+            self.add_recording_segment(
+                FFTBandpassRecordingSegment(parent_segment, fs, float(freq_min), float(freq_max), margin, median_reference)
+            )
+        self._kwargs = dict(recording=recording, freq_min=float(freq_min), freq_max=float(freq_max),
+                            median_reference=bool(median_reference))
+
+
+class FFTBandpassRecordingSegment(BasePreprocessorSegment):
+    def __init__(self, parent_recording_segment, sampling_frequency: float, freq_min: float, freq_max: float,
+                 margin: int, median_reference: bool):
+        BasePreprocessorSegment.__init__(self, parent_recording_segment)
+        self.sampling_frequency = sampling_frequency
+        self.freq_min, self.freq_max = freq_min, freq_max
+        self.margin = margin
+        self.median_reference = median_reference
+
+    def get_traces(self, start_frame, end_frame, channel_indices):
+        num_samples = self.get_num_samples()
+        start_frame = 0 if start_frame is None else int(start_frame)
+        end_frame = num_samples if end_frame is None else int(end_frame)
+        lo, hi = max(0, start_frame - self.margin), min(num_samples, end_frame + self.margin)
+        # the median needs every channel; without it, only those asked for are read and filtered
+        read_channels = slice(None) if self.median_reference else channel_indices
+        traces = np.asarray(self.parent_recording_segment.get_traces(lo, hi, read_channels), dtype=np.float32)
+        before, after = start_frame - lo, hi - end_frame
+        pad_before, pad_after = self.margin - before, self.margin - after
+        if end_frame <= start_frame:
+            return np.zeros((0, traces.shape[1]), dtype=np.float32)
+        if pad_before > 0 or pad_after > 0:  # at the segment's ends: odd extension, as filtfilt pads
+            traces = np.pad(traces, ((max(0, pad_before), max(0, pad_after)), (0, 0)), mode="reflect", reflect_type="odd")
+            before, after = before + max(0, pad_before), after + max(0, pad_after)
+        length = traces.shape[0]
+        n_fft = scipy.fft.next_fast_len(length, real=True)
+        spectrum = scipy.fft.rfft(traces, n=n_fft, axis=0)
+        spectrum *= _fft_gain(n_fft, self.sampling_frequency, self.freq_min, self.freq_max)
+        filtered = scipy.fft.irfft(spectrum, n=n_fft, axis=0, overwrite_x=True)
+        out = np.ascontiguousarray(filtered[before : length - after], dtype=np.float32)
+        if self.median_reference:
+            median_reference_(out)
+            out = out[:, channel_indices] if channel_indices is not None else out
+        return out
 
 
 def correct_motion(recording: BaseRecording, preset: str, folder, job_kwargs: dict) -> BaseRecording:

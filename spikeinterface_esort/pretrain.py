@@ -186,7 +186,7 @@ def pretrain(
             generator="spikeinterface.core.generate_ground_truth_recording", seeds=list(seeds),
             noise_levels_uv=[d["noise_uv"] for d in datasets], units_per_recording=units, duration_s=duration_s,
             drift=f"drift augmentation +-{shift:g} um (kriging re-sampling along the probe)",
-            preprocessing={k: params[k] for k in ("freq_min", "freq_max", "common_reference")},
+            preprocessing={k: params[k] for k in ("freq_min", "freq_max", "common_reference", "filter_method")},
             firing_rates="generator default (15 Hz)",
         ),
         recipe=dict(epochs_run=len(history), best_epoch=int(np.argmin([h["validation_loss"] for h in history]) + 1),

@@ -4,7 +4,7 @@
 
 For each channel count and path (``inference_stride``, ``inference_dtype``), in a fresh process (so that
 peak memory is its own): a generated recording (saved binary, 30 kHz) is preprocessed as esort does
-(bandpass + common median reference) and a network with random weights (``units`` = channels / 2) is run
+(bandpass + common median reference, with ``--filter-methods``, default the sorter's) and a network with random weights (``units`` = channels / 2) is run
 over it chunk by chunk with ``detect_in_recording``. Printed: real-time factor (seconds of recording per
 second of compute) of the network, of post-processing, of both, and of the whole inference step
 (reading, filtering, network, post-processing), and the peak resident memory of the process.
@@ -32,11 +32,11 @@ import sys
 import time
 from pathlib import Path
 
-from .parameters import INFERENCE_DTYPES
+from .parameters import INFERENCE_DTYPES, PARAMETERS_BY_NAME
 
 
 def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
-            dtype: str = "float32", prefetch: bool = True, lazy: bool = False) -> dict:
+            dtype: str = "float32", prefetch: bool = True, lazy: bool = False, filter_method: str | None = None) -> dict:
     """One configuration, in this process. ``lazy``: the recording is generated chunk by chunk as it is read
     (nothing saved; its generation counts in the inference step), for long recordings."""
     import numpy as np
@@ -64,6 +64,7 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     else:
         recording, _ = generate_dataset(folder / f"rec{channels}", channels, max(10, channels // 8), duration_s, seed=0)
     params = default_params()
+    params["filter_method"] = filter_method or params["filter_method"]
     fs = recording.get_sampling_frequency()
     units = channels // 2
     torch.manual_seed(0)
@@ -80,7 +81,8 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     seconds = recording.get_total_duration()
     t = detected.timings
     return dict(
-        channels=channels, units=units, stride=stride, dtype=dtype, device=str(model.device), threads=threads,
+        channels=channels, units=units, stride=stride, dtype=dtype, filter_method=params["filter_method"],
+        device=str(model.device), threads=threads,
         prefetch=prefetch, lazy=lazy, network_threads=t.get("network_threads", threads),
         duration_s=seconds,
         rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
@@ -158,11 +160,12 @@ def timing_error(reference, other, max_samples: int = 12) -> dict:
     )
 
 
-def _child(folder: Path, args, channels: int, stride: int, dtype: str, duration: float, lazy: bool = False) -> dict:
+def _child(folder: Path, args, channels: int, stride: int, dtype: str, duration: float, lazy: bool = False,
+           filter_method: str | None = None) -> dict:
     """``measure`` in a fresh process (so that its peak memory is its own)."""
     command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride), dtype,
                "--duration", str(duration), "--device", args.device, "--threads", str(args.threads),
-               "--folder", str(folder)] + (["--no-prefetch"] if args.no_prefetch else []) + (["--lazy"] if lazy else [])
+               "--folder", str(folder), "--filter-methods", filter_method or args.filter_methods[0]] + (["--no-prefetch"] if args.no_prefetch else []) + (["--lazy"] if lazy else [])
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -177,7 +180,7 @@ def memory_by_duration(folder: Path, args) -> int:
         (folder / "memory.json").write_text(json.dumps(dict(memory=rows), indent=2))
         print(f"{duration:g} s: peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
     print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}; "
-          f"{channels} channels, stride {stride}, {dtype}; recording generated while read\n")
+          f"{channels} channels, stride {stride}, {dtype}, filter {args.filter_methods[0]}; recording generated while read\n")
     print("| duration (s) | inference step incl. generation + filter (x RT) | wall (s) | spikes kept | peak RSS (MB) |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
@@ -202,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference_dtype values (float16: GPU only)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording per measure")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--filter-methods", nargs="+", default=[PARAMETERS_BY_NAME["filter_method"].default],
+                        choices=PARAMETERS_BY_NAME["filter_method"].choices,
+                        help="filter_method values to measure (the table only; --memory uses the first)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--folder", default="esort_throughput")
     parser.add_argument("--accuracy", action="store_true", help="also measure held-out accuracy per path")
@@ -224,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:  # child process: one measure, printed as JSON
         channels, stride, dtype = int(args.one[0]), int(args.one[1]), args.one[2]
         print(json.dumps(measure(folder, channels, stride, args.duration, args.device, args.threads, dtype,
-                                 not args.no_prefetch, args.lazy)))
+                                 not args.no_prefetch, args.lazy, args.filter_methods[0])))
         return 0
     if args.memory:
         return memory_by_duration(folder, args)
@@ -232,24 +238,25 @@ def main(argv: list[str] | None = None) -> int:
     paths = _paths(args.strides, args.dtypes)
     rows = []
     for channels in [] if args.skip_throughput else args.channels:
-        for stride, dtype in paths:
-            rows.append(_child(folder, args, channels, stride, dtype, args.duration))
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows), indent=2))
-            print(f"{channels} channels, stride {stride}, {dtype}: network + post-processing "
-                  f"{rows[-1]['rtf_network_and_postprocessing']:.2f}x real time", flush=True)
+        for filter_method in args.filter_methods:
+            for stride, dtype in paths:
+                rows.append(_child(folder, args, channels, stride, dtype, args.duration, filter_method=filter_method))
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows), indent=2))
+                print(f"{channels} channels, {filter_method}, stride {stride}, {dtype}: inference step "
+                      f"{rows[-1]['rtf_inference']:.2f}x real time", flush=True)
     accuracy = accuracy_by_path(folder, paths, args.datasets, args.threads) if args.accuracy else []
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows, accuracy=accuracy), indent=2))
 
     print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}\n")
     if rows:
-        print("| channels | units | device | stride | dtype | network (x RT) | post-processing (x RT) | "
+        print("| channels | units | device | filter | stride | dtype | network (x RT) | post-processing (x RT) | "
               "network + post-processing (x RT) | inference step incl. read + filter (x RT) | network threads | "
               "peak RSS (MB) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
-            print(f"| {r['channels']} | {r['units']} | {r['device']} | {r['stride']} | {r['dtype']} | "
+            print(f"| {r['channels']} | {r['units']} | {r['device']} | {r['filter_method']} | {r['stride']} | {r['dtype']} | "
                   f"{r['rtf_network']:.2f} | {r['rtf_postprocessing']:.1f} | {r['rtf_network_and_postprocessing']:.2f} | "
                   f"{r['rtf_inference']:.2f} | {r['network_threads']} | {r['peak_rss_mb']:.0f} |")
     if accuracy:
