@@ -173,11 +173,12 @@ def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np
     return float(min(drift_augmentation_um, depth / 4.0))
 
 
-def gather_windows(traces: torch.Tensor, centres: torch.Tensor, window_samples: int) -> torch.Tensor:
-    """Windows (batch, window_samples, channels) of (samples, channels) traces centred at ``centres``, in the
-    traces' dtype (the layout of ``ESortNetwork.forward_windows``: one gather, no transposed copy)."""
+def gather_windows(traces: torch.Tensor, centres: torch.Tensor, window_samples: int,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Windows (batch, window_samples, channels) of (samples, channels) traces centred at ``centres``, as ``dtype``
+    (the layout of ``ESortNetwork.forward_windows``: one gather, no transposed copy)."""
     offsets = torch.arange(window_samples, device=traces.device) - window_samples // 2
-    return traces[centres[:, None] + offsets]
+    return traces[centres[:, None] + offsets].to(dtype)
 
 
 def _batches(num: int, batch_size: int):
@@ -202,9 +203,10 @@ def train_network(
     rng = np.random.default_rng(params["seed"])
     network.to(device)
     mixed_precision = params.get("training_dtype", "float32") == "bfloat16"
-    # in mixed precision the first matrix product reads the windows in bfloat16: stored so once, the same values
-    # autocast would make of every gathered window (half the memory, no cast per batch)
-    traces = traces.to(device, torch.bfloat16 if mixed_precision else torch.float32)
+    # in mixed precision the first matrix product reads the windows in bfloat16: the traces are stored so once
+    # (the values autocast would give every gathered window; as small as load_traces' float16), not cast per batch
+    traces = traces.to(device, torch.bfloat16) if mixed_precision else traces.to(device)
+    windows_dtype = torch.bfloat16 if mixed_precision else torch.float32
     optimiser = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=params["learning_rate"])
     loss_fn = torch.nn.BCEWithLogitsLoss()
     window = network.window_samples
@@ -224,7 +226,7 @@ def train_network(
         network.train()
         total, count = 0.0, 0
         for start, stop in _batches(len(centres), params["batch_size"]):
-            windows = gather_windows(traces, centres[start:stop], window)
+            windows = gather_windows(traces, centres[start:stop], window, windows_dtype)
             mixing = augmentation.draw(rng) if augmentation is not None else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
                 logits = network.forward_windows(windows, mixing)
@@ -269,7 +271,8 @@ def evaluate_loss(network: ESortNetwork, traces: torch.Tensor, windows: tuple, b
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
     total = 0.0
     for start in range(0, len(centres), batch_size):
-        windows_ = gather_windows(traces, centres[start : start + batch_size], network.window_samples)
+        windows_ = gather_windows(traces, centres[start : start + batch_size], network.window_samples,
+                                  torch.bfloat16 if mixed_precision else torch.float32)
         with torch.autocast(traces.device.type, dtype=torch.bfloat16, enabled=mixed_precision):
             logits = network.forward_windows(windows_)
         total += float(loss_fn(logits.float(), targets[start : start + batch_size]))

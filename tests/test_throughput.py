@@ -17,7 +17,7 @@ def test_throughput_table_has_a_row_per_path(tmp_path, capsys):
         assert r["channels"] == 8 and r["duration_s"] == 3.0
         assert r["rtf_network"] > r["rtf_network_and_postprocessing"] > 0
         assert r["wall_s"] > 0 and r["peak_rss_mb"] > 50
-    assert "| 8 | 4 | cpu | 2 | float32 |" in capsys.readouterr().out
+    assert "| 8 | 4 | cpu | fft | 2 | float32 |" in capsys.readouterr().out
 
 
 def test_memory_mode_reads_recordings_generated_on_the_fly(tmp_path, capsys):

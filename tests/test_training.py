@@ -32,7 +32,7 @@ def test_negatives_are_far_from_spikes_and_balanced():
 def test_windows_are_centred_on_their_sample():
     traces = torch.arange(200, dtype=torch.float16)[:, None].repeat(1, 3)  # value = sample index
     windows = gather_windows(traces, torch.tensor([50, 120]), window_samples=10)
-    assert windows.shape == (2, 10, 3) and windows.dtype == traces.dtype  # (batch, samples, channels)
+    assert windows.shape == (2, 10, 3) and windows.dtype == torch.float32  # (batch, samples, channels)
     assert windows[0, 5, 0].item() == 50 and windows[1, 0, 2].item() == 115
 
 
