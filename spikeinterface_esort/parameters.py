@@ -101,7 +101,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("filter_method", "fft", (str,), "preprocessing",
               "How the bandpass is applied; both give the zero-phase order-5 Butterworth response of a "
               "forward-backward pass. 'fft': one FFT per chunk with 10 periods of freq_min as margin "
-              "(about 3x cheaper on CPU; docs/speed.md); 'sosfiltfilt': SpikeInterface's bandpass_filter and "
+              "(cheaper on CPU; docs/speed.md); 'sosfiltfilt': SpikeInterface's bandpass_filter and "
               "common_reference.", choices=("fft", "sosfiltfilt")),
     Parameter("motion_correction", None, (str, None), "preprocessing",
               "SpikeInterface correct_motion preset applied after filtering, before training and inference "

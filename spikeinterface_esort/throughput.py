@@ -7,7 +7,9 @@ peak memory is its own): a generated recording (saved binary, 30 kHz) is preproc
 (bandpass + common median reference, with ``--filter-methods``, default the sorter's) and a network with random weights (``units`` = channels / 2) is run
 over it chunk by chunk with ``detect_in_recording``. Printed: real-time factor (seconds of recording per
 second of compute) of the network, of post-processing, of both, and of the whole inference step
-(reading, filtering, network, post-processing), and the peak resident memory of the process.
+(reading, filtering, network, post-processing), the time spent waiting for the traces (per second of
+recording: with ``--no-prefetch``, the whole cost of reading and filtering), and the peak resident memory
+of the process.
 ``--device cuda`` measures a GPU.
 
 ``--accuracy`` adds, for each path and each recording of ``--datasets`` (names in ``ACCURACY_DATASETS``), the
@@ -252,13 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}\n")
     if rows:
         print("| channels | units | device | filter | stride | dtype | network (x RT) | post-processing (x RT) | "
-              "network + post-processing (x RT) | inference step incl. read + filter (x RT) | network threads | "
-              "peak RSS (MB) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "network + post-processing (x RT) | inference step incl. read + filter (x RT) | "
+              "waiting for read + filter (s per s) | network threads | peak RSS (MB) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
             print(f"| {r['channels']} | {r['units']} | {r['device']} | {r['filter_method']} | {r['stride']} | {r['dtype']} | "
                   f"{r['rtf_network']:.2f} | {r['rtf_postprocessing']:.1f} | {r['rtf_network_and_postprocessing']:.2f} | "
-                  f"{r['rtf_inference']:.2f} | {r['network_threads']} | {r['peak_rss_mb']:.0f} |")
+                  f"{r['rtf_inference']:.2f} | {r['read_s'] / r['duration_s']:.3f} | {r['network_threads']} | "
+                  f"{r['peak_rss_mb']:.0f} |")
     if accuracy:
         print("\n| dataset | stride | dtype | held-out accuracy | delta vs exact | worst unit's delta | precision | "
               "recall | inference step (x RT) |")

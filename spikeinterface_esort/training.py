@@ -271,10 +271,10 @@ def evaluate_loss(network: ESortNetwork, traces: torch.Tensor, windows: tuple, b
     loss_fn = torch.nn.BCEWithLogitsLoss(reduction="sum")
     total = 0.0
     for start in range(0, len(centres), batch_size):
-        windows_ = gather_windows(traces, centres[start : start + batch_size], network.window_samples,
-                                  torch.bfloat16 if mixed_precision else torch.float32)
+        batch = gather_windows(traces, centres[start : start + batch_size], network.window_samples,
+                               torch.bfloat16 if mixed_precision else torch.float32)
         with torch.autocast(traces.device.type, dtype=torch.bfloat16, enabled=mixed_precision):
-            logits = network.forward_windows(windows_)
+            logits = network.forward_windows(batch)
         total += float(loss_fn(logits.float(), targets[start : start + batch_size]))
     return total / max(targets.numel(), 1)
 
