@@ -17,6 +17,7 @@ from spikeinterface.core import BaseRecording
 from tqdm.auto import tqdm
 
 from .model import ESortModel
+from .preprocessing import preprocessing_threads
 
 
 @dataclass
@@ -50,43 +51,66 @@ def read_block(recording: BaseRecording, start: int, stop: int, segment_index: i
     return block
 
 
-class ThreadTuner:
-    """Chooses the network's CPU threads while the next chunk is read in the prefetch thread.
+@dataclass(frozen=True)
+class ReadMode:
+    """How chunks are read and the network threaded on CPU: ``prefetch`` (the next chunk is read and filtered in
+    one thread while the network runs on this one; otherwise each chunk is read when needed, filtered with every
+    thread), and the network's torch threads."""
 
-    Reading and preprocessing a chunk (SpikeInterface's filters, single-threaded) and the network compete for
-    the same cores: with every core given to torch, its threads wait on the one the reader holds. Over chunks
-    1-2 the network runs with all ``threads``, over chunks 3-4 with one fewer (one core left to the reader);
-    the rest of the recording uses whichever sorted faster (wall time per sample, waiting included).
-    Recordings of fewer than ``MIN_CHUNKS`` chunks keep ``threads``. The previous setting is restored by ``finish``.
+    prefetch: bool
+    network_threads: int
+
+
+class ThreadTuner:
+    """Chooses, on CPU, how reading + filtering and the network share the cores.
+
+    They compete for the same cores. Three ways are timed on the first chunks (wall time per sample, waiting
+    included) and the fastest is kept for the rest of the recording: chunks 1-2 read ahead with every
+    ``threads`` for the network; chunks 3-4 read ahead with one core left to the reader; chunks 5-6 read each
+    chunk when needed, filtered with every thread (FFT filter), then the network with every thread. Chunk 0
+    (warm-up) and chunk 7 (read while the choice is made) use the first way. Recordings of fewer than
+    ``MIN_CHUNKS`` chunks, or one thread, keep the first way. ``finish`` restores the torch threads.
     """
 
-    MIN_CHUNKS = 8
+    MIN_CHUNKS = 10
+    TRIALS = {1: 0, 2: 0, 3: 1, 4: 1, 5: 2, 6: 2}  # chunk index -> trial mode
+    DECISION = 7
 
     def __init__(self, threads: int, num_chunks: int):
         self.threads = threads
         self.active = threads > 1 and num_chunks >= self.MIN_CHUNKS
-        self.trial = {threads: [], threads - 1: []}
+        self.modes = (ReadMode(True, threads), ReadMode(True, threads - 1), ReadMode(False, threads))
+        self.trial = {m: [] for m in range(len(self.modes))}
         self.last = None
-        self.chosen = threads
+        self.chosen = self.modes[0]
 
-    def before_chunk(self, index: int, now: float, previous_samples: int = 1) -> None:
-        """Called before chunk ``index`` is sorted, at time ``now`` (s); ``previous_samples``: chunk index - 1's length."""
+    def planned(self, index: int) -> ReadMode:
+        """The mode of chunk ``index`` as far as known before chunk ``index - 1`` runs (to decide whether to
+        read it ahead): the trial's, the chosen one after the decision, no read-ahead for the decision chunk."""
         if not self.active:
-            return
-        if self.last is not None and 2 <= index <= 5:  # chunk index - 1 just finished
-            seconds_per_sample = (now - self.last) / max(1, previous_samples)
-            self.trial[self.threads if index <= 3 else self.threads - 1].append(seconds_per_sample)
-        self.last = now
-        if index in (1, 2):
-            torch.set_num_threads(self.threads)
-        elif index in (3, 4):
-            torch.set_num_threads(self.threads - 1)
-        elif index == 5:
-            full, fewer = (float(np.mean(self.trial[t])) for t in (self.threads, self.threads - 1))
-            self.chosen = self.threads if full <= fewer else self.threads - 1
-            torch.set_num_threads(self.chosen)
+            return self.modes[0]
+        if index in self.TRIALS:
+            return self.modes[self.TRIALS[index]]
+        if index == self.DECISION:
+            return ReadMode(False, self.threads)
+        return self.chosen
 
-    def finish(self) -> int:
+    def before_chunk(self, index: int, now: float, previous_samples: int = 1) -> ReadMode:
+        """Called before chunk ``index`` is sorted, at time ``now`` (s), ``previous_samples`` being chunk
+        ``index - 1``'s length: records that chunk's time, sets the torch threads and returns chunk ``index``'s mode."""
+        if not self.active:
+            return self.modes[0]
+        if self.last is not None and index - 1 in self.TRIALS:  # chunk index - 1 just finished
+            self.trial[self.TRIALS[index - 1]].append((now - self.last) / max(1, previous_samples))
+        self.last = now
+        if index == self.DECISION:
+            seconds = [float(np.mean(self.trial[m])) for m in range(len(self.modes))]
+            self.chosen = self.modes[int(np.argmin(seconds))]
+        mode = self.planned(index) if index != self.DECISION else self.chosen
+        torch.set_num_threads(mode.network_threads)
+        return mode
+
+    def finish(self) -> ReadMode:
         torch.set_num_threads(self.threads)
         return self.chosen
 
@@ -113,11 +137,12 @@ def detect_in_recording(
     runs on one sample in S, on a grid fixed to the segment (samples k * S + window centre), and each
     spike's time is refined between grid points by parabolic interpolation. A spike belongs to the chunk
     holding its grid point, so chunking never changes the result.
-    With ``prefetch`` the next chunk is read and preprocessed in a thread while the network runs (SpikeInterface's
-    filters and numpy release the GIL), so on a GPU reading overlaps compute; on a CPU, ``ThreadTuner`` decides
-    whether the network keeps every torch thread or leaves one core to the reader.
+    With ``prefetch`` the next chunk is read and preprocessed in a thread while the network runs (the filters
+    and numpy release the GIL), so on a GPU reading overlaps compute (and the reader filters with every CPU
+    thread); on a CPU, ``ThreadTuner`` decides whether to read ahead and how to share the threads.
     Timings (s) summed in ``timings``: waiting for the traces (reading/preprocessing not hidden by the overlap),
-    network, post-processing; with the tuner, ``network_threads`` (the torch threads it kept).
+    network, post-processing; with the tuner, ``network_threads`` (the torch threads it kept) and
+    ``read_ahead`` (1 if it kept reading ahead).
     """
     device = model.device
     margin_before, margin_after = model.margin_before(stride), model.margin_after(stride)
@@ -130,25 +155,33 @@ def detect_in_recording(
             jobs.append((segment_index, chunk_start, min(chunk_start + chunk_size, stop)))
 
     timings = dict(read_s=0.0, network_s=0.0, postprocessing_s=0.0)
-    threads = ThreadTuner(torch.get_num_threads(), len(jobs)) if (device.type == "cpu" and prefetch) else None
+    threads = torch.get_num_threads()
+    tuner = ThreadTuner(threads, len(jobs)) if (device.type == "cpu" and prefetch) else None
+    # on a GPU the CPU is free while the network runs: the read-ahead thread filters with every thread
+    ahead_threads = threads if device.type != "cpu" else 1
     out_samples, out_segments, out_units, out_probs = [], [], [], []
 
-    def read(job):
+    def read(job, reader_threads: int):
         segment_index, chunk_start, chunk_stop = job
         block_start = ((chunk_start - margin_before) // stride) * stride  # on the segment's grid
-        return block_start, read_block(recording, block_start, chunk_stop + margin_after, segment_index)
+        with preprocessing_threads(reader_threads):
+            return block_start, read_block(recording, block_start, chunk_stop + margin_after, segment_index)
+
+    def read_ahead(index: int) -> bool:
+        return prefetch and index < len(jobs) and (tuner is None or tuner.planned(index).prefetch)
 
     # the next chunk is read and preprocessed in a thread while the network runs on this one
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="esort-read") as reader:
         try:
-            pending = reader.submit(read, jobs[0]) if (jobs and prefetch) else None
+            pending = reader.submit(read, jobs[0], ahead_threads) if read_ahead(0) else None
             for i, job in enumerate(tqdm(jobs, desc="esort inference", unit="chunk", disable=not progress_bar)):
                 segment_index, chunk_start, chunk_stop = job
                 t0 = time.perf_counter()
-                if threads is not None:
-                    threads.before_chunk(i, t0, jobs[i - 1][2] - jobs[i - 1][1] if i else 1)
-                block_start, block = pending.result() if pending is not None else read(job)
-                pending = reader.submit(read, jobs[i + 1]) if (prefetch and i + 1 < len(jobs)) else None
+                if tuner is not None:  # sets the network's threads for this chunk
+                    tuner.before_chunk(i, t0, jobs[i - 1][2] - jobs[i - 1][1] if i else 1)
+                # a chunk not read ahead is read now, with every thread (nothing else runs meanwhile)
+                block_start, block = pending.result() if pending is not None else read(job, threads)
+                pending = reader.submit(read, jobs[i + 1], ahead_threads) if read_ahead(i + 1) else None
                 traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
                 t1 = time.perf_counter()
                 probabilities = model.probabilities(traces, stride)
@@ -168,8 +201,10 @@ def detect_in_recording(
                 out_probs.append(probs.cpu().numpy().astype(np.float32))
                 out_segments.append(np.full(len(out_samples[-1]), segment_index, dtype=np.int64))
         finally:  # the caller's thread count, even on error
-            if threads is not None:
-                timings["network_threads"] = threads.finish()
+            if tuner is not None:
+                chosen = tuner.finish()
+                timings["network_threads"] = chosen.network_threads
+                timings["read_ahead"] = int(chosen.prefetch)
 
     if not jobs:
         empty = np.zeros(0, dtype=np.int64)

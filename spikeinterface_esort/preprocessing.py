@@ -10,6 +10,9 @@ reference in the same pass) and ``filter_method="sosfiltfilt"`` (SpikeInterface'
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import numpy as np
@@ -22,6 +25,20 @@ from spikeinterface.preprocessing.basepreprocessor import BasePreprocessor, Base
 FILTER_METHODS = ("fft", "sosfiltfilt")
 FILTER_ORDER = 5  # Butterworth order, as SpikeInterface's bandpass_filter
 FFT_MARGIN_PERIODS = 10  # margin on each side of a chunk, in periods of freq_min (33 ms at 300 Hz)
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def preprocessing_threads(threads: int):
+    """Threads ``FFTBandpassRecording`` uses (FFT workers, median reference split by samples) for the chunks read
+    by this thread inside the block; one outside (callers that read chunks in parallel, e.g. training, need no more)."""
+    previous = getattr(_local, "threads", 1)
+    _local.threads = max(1, int(threads))
+    try:
+        yield
+    finally:
+        _local.threads = previous
 
 
 def check_preprocessing_params(recording: BaseRecording, params: dict) -> None:
@@ -68,9 +85,14 @@ def _fft_gain(num_samples: int, sampling_frequency: float, freq_min: float, freq
     return (np.abs(h) ** 2).astype(np.float32)[:, None]
 
 
-def median_reference_(traces: np.ndarray) -> np.ndarray:
+def median_reference_(traces: np.ndarray, threads: int = 1) -> np.ndarray:
     """Subtract, in place, the median across channels at each sample of float ``traces`` (samples, channels);
-    the same values as ``np.median`` (mean of the two middle values for an even channel count)."""
+    the same values as ``np.median`` (mean of the two middle values for an even channel count). With ``threads``
+    > 1, blocks of samples are done in parallel (``np.partition`` releases the GIL)."""
+    if threads > 1 and traces.shape[0] >= 2 * threads:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(median_reference_, np.array_split(traces, threads)))  # views: in place
+        return traces
     channels = traces.shape[1]
     middle = channels // 2
     if channels % 2:
@@ -137,13 +159,14 @@ class FFTBandpassRecordingSegment(BasePreprocessorSegment):
             traces = np.pad(traces, ((max(0, pad_before), max(0, pad_after)), (0, 0)), mode="reflect", reflect_type="odd")
             before, after = before + max(0, pad_before), after + max(0, pad_after)
         length = traces.shape[0]
+        threads = getattr(_local, "threads", 1)
         n_fft = scipy.fft.next_fast_len(length, real=True)
-        spectrum = scipy.fft.rfft(traces, n=n_fft, axis=0)
+        spectrum = scipy.fft.rfft(traces, n=n_fft, axis=0, workers=threads)
         spectrum *= _fft_gain(n_fft, self.sampling_frequency, self.freq_min, self.freq_max)
-        filtered = scipy.fft.irfft(spectrum, n=n_fft, axis=0, overwrite_x=True)
+        filtered = scipy.fft.irfft(spectrum, n=n_fft, axis=0, overwrite_x=True, workers=threads)
         out = np.ascontiguousarray(filtered[before : length - after], dtype=np.float32)
         if self.median_reference:
-            median_reference_(out)
+            median_reference_(out, threads)
             out = out[:, channel_indices] if channel_indices is not None else out
         return out
 

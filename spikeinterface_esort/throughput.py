@@ -86,6 +86,7 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
         channels=channels, units=units, stride=stride, dtype=dtype, filter_method=params["filter_method"],
         device=str(model.device), threads=threads,
         prefetch=prefetch, lazy=lazy, network_threads=t.get("network_threads", threads),
+        read_ahead=bool(t.get("read_ahead", prefetch)),
         duration_s=seconds,
         rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
         rtf_network_and_postprocessing=seconds / (t["network_s"] + t["postprocessing_s"]),
@@ -255,12 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     if rows:
         print("| channels | units | device | filter | stride | dtype | network (x RT) | post-processing (x RT) | "
               "network + post-processing (x RT) | inference step incl. read + filter (x RT) | "
-              "waiting for read + filter (s per s) | network threads | peak RSS (MB) |")
+              "waiting for read + filter (s per s) | network threads (tuner's choice) | peak RSS (MB) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
             print(f"| {r['channels']} | {r['units']} | {r['device']} | {r['filter_method']} | {r['stride']} | {r['dtype']} | "
                   f"{r['rtf_network']:.2f} | {r['rtf_postprocessing']:.1f} | {r['rtf_network_and_postprocessing']:.2f} | "
-                  f"{r['rtf_inference']:.2f} | {r['read_s'] / r['duration_s']:.3f} | {r['network_threads']} | "
+                  f"{r['rtf_inference']:.2f} | {r['read_s'] / r['duration_s']:.3f} | {r['network_threads']}"
+                  f"{'' if r.get('read_ahead', True) else ', no read-ahead'} | "
                   f"{r['peak_rss_mb']:.0f} |")
     if accuracy:
         print("\n| dataset | stride | dtype | held-out accuracy | delta vs exact | worst unit's delta | precision | "

@@ -77,31 +77,40 @@ def test_reading_ahead_changes_no_spike(small_recording, small_esort_run):
     model = ESortModel.load(folder)
     preprocessed = preprocess(recording, model.preprocessing)
     threads = torch.get_num_threads()
-    # 3000-sample chunks: enough of them for the thread tuner to try both thread counts
+    # 3000-sample chunks: enough of them for the thread tuner to try its three ways
     ahead = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=True)
     in_turn = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=False)
     assert torch.get_num_threads() == threads  # the tuner restores the caller's setting
+    assert ahead.timings["read_ahead"] in (0, 1) and "read_ahead" not in in_turn.timings
     assert len(ahead.sample_index) > 0
     for name in ("sample_index", "segment_index", "unit_index", "probability"):
         np.testing.assert_array_equal(getattr(ahead, name), getattr(in_turn, name))
 
 
-def test_thread_tuner_keeps_the_faster_thread_count():
-    from spikeinterface_esort.inference import ThreadTuner
+def test_thread_tuner_keeps_the_fastest_way():
+    from spikeinterface_esort.inference import ReadMode, ThreadTuner
 
     previous = torch.get_num_threads()
-    for full_s, fewer_s, expected in ((1.0, 0.6, 1), (0.5, 0.9, 2)):
-        tuner = ThreadTuner(2, num_chunks=10)
+    cases = (
+        ((0.5, 0.9, 0.8), ReadMode(prefetch=True, network_threads=2)),
+        ((1.0, 0.6, 0.8), ReadMode(prefetch=True, network_threads=1)),
+        ((1.0, 0.9, 0.7), ReadMode(prefetch=False, network_threads=2)),
+    )
+    for (ahead_all, ahead_fewer, in_turn), expected in cases:
+        tuner = ThreadTuner(2, num_chunks=12)
         now = 0.0
-        for index in range(10):
-            tuner.before_chunk(index, now)
-            now += {1: full_s, 2: full_s, 3: fewer_s, 4: fewer_s}.get(index, 0.7)  # chunk index takes this long
-            if index >= 5:
-                assert torch.get_num_threads() == expected
+        for index in range(12):
+            mode = tuner.before_chunk(index, now)
+            if index in (5, 6):  # the trial without read-ahead: chunks 5 and 6 must not have been read ahead
+                assert mode == ReadMode(False, 2) and not tuner.planned(index).prefetch
+            if index >= 8:
+                assert mode == expected == tuner.planned(index)
+                assert torch.get_num_threads() == expected.network_threads
+            now += {1: ahead_all, 2: ahead_all, 3: ahead_fewer, 4: ahead_fewer, 5: in_turn, 6: in_turn}.get(index, 0.7)
         assert tuner.finish() == expected
         assert torch.get_num_threads() == 2
-    assert ThreadTuner(2, num_chunks=4).finish() == 2  # too few chunks to try: all threads
-    assert ThreadTuner(1, num_chunks=40).finish() == 1
+    assert ThreadTuner(2, num_chunks=4).finish() == ReadMode(True, 2)  # too few chunks to try: all threads
+    assert ThreadTuner(1, num_chunks=40).finish() == ReadMode(True, 1)
     torch.set_num_threads(previous)
 
 

@@ -66,6 +66,17 @@ def test_median_reference_equals_numpy_median(channels):
     traces = np.random.default_rng(channels).standard_normal((500, channels)).astype("float32")
     expected = traces - np.median(traces, axis=1, keepdims=True)
     np.testing.assert_array_equal(median_reference_(traces.copy()), expected)
+    np.testing.assert_array_equal(median_reference_(traces.copy(), threads=3), expected)  # blocks of samples
+
+
+def test_fft_bandpass_with_threads_gives_the_same_traces(small_recording):
+    from spikeinterface_esort.preprocessing import preprocessing_threads
+
+    fft = FFTBandpassRecording(small_recording[0], 300.0, 6000.0, median_reference=True)
+    alone = fft.get_traces(start_frame=1000, end_frame=40000)
+    with preprocessing_threads(2):
+        together = fft.get_traces(start_frame=1000, end_frame=40000)
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-5 * np.abs(alone).max())
 
 
 def test_unknown_filter_method_is_refused(small_recording, tmp_path):
