@@ -68,8 +68,9 @@ class ThreadTuner:
     included) and the fastest is kept for the rest of the recording: chunks 1-2 read ahead with every
     ``threads`` for the network; chunks 3-4 read ahead with one core left to the reader; chunks 5-6 read each
     chunk when needed, filtered with every thread (FFT filter), then the network with every thread. Chunk 0
-    (warm-up) and chunk 7 (read while the choice is made) use the first way. Recordings of fewer than
-    ``MIN_CHUNKS`` chunks, or one thread, keep the first way. ``finish`` restores the torch threads.
+    (warm-up) uses the first way; chunk 7 is read when needed (the choice is made as it starts) and runs with
+    the chosen way's threads. Recordings of fewer than ``MIN_CHUNKS`` chunks, or one thread, keep the first
+    way. ``finish`` restores the torch threads.
     """
 
     MIN_CHUNKS = 10
