@@ -3,7 +3,7 @@
 ``OnlineSorter`` receives consecutive chunks of raw samples (any size) and returns, after
 each, the spikes it can decide: those whose network window, smoothing and filter margin
 are complete. The spikes of the whole stream are those of the offline sort of the same
-samples (``ESortModel.sort``): same preprocessing (SpikeInterface's filter on the buffered
+samples (``ESortModel.sort``): same preprocessing (the model's filter on the buffered
 samples, with its own margins), same network and post-processing. A spike at sample t is
 returned as soon as sample ``t + lookahead_samples`` has arrived, so the latency is bounded
 by ``lookahead_samples`` + one chunk + the compute time of one chunk.
