@@ -14,6 +14,7 @@ from typing import Any
 
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16")  # float16: CUDA only
 TRAINING_DTYPES = ("float32", "bfloat16")
+FILTER_METHODS = ("fft", "sosfiltfilt")
 
 STEPS = ("preprocessing", "annotation", "network", "training", "inference", "postprocessing", "general")
 
@@ -102,7 +103,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "How the bandpass is applied; both give the zero-phase order-5 Butterworth response of a "
               "forward-backward pass. 'fft': one FFT per chunk with 10 periods of freq_min as margin "
               "(cheaper on CPU; docs/speed.md); 'sosfiltfilt': SpikeInterface's bandpass_filter and "
-              "common_reference.", choices=("fft", "sosfiltfilt")),
+              "common_reference.", choices=FILTER_METHODS),
     Parameter("motion_correction", None, (str, None), "preprocessing",
               "SpikeInterface correct_motion preset applied after filtering, before training and inference "
               "(all channels kept: border_mode 'force_extrapolate'), or None for no motion correction.",

@@ -22,7 +22,7 @@ import spikeinterface.preprocessing as spre
 from spikeinterface.core import BaseRecording, get_noise_levels
 from spikeinterface.preprocessing.basepreprocessor import BasePreprocessor, BasePreprocessorSegment
 
-FILTER_METHODS = ("fft", "sosfiltfilt")
+from .parameters import PARAMETERS_BY_NAME
 FILTER_ORDER = 5  # Butterworth order, as SpikeInterface's bandpass_filter
 FFT_MARGIN_PERIODS = 10  # margin on each side of a chunk, in periods of freq_min (33 ms at 300 Hz)
 
@@ -65,10 +65,9 @@ def preprocess(recording: BaseRecording, params: dict) -> BaseRecording:
     check_preprocessing_params(recording, params)
     median_reference = bool(params["common_reference"]) and recording.get_num_channels() > 1
     method = params.get("filter_method", "sosfiltfilt")
+    PARAMETERS_BY_NAME["filter_method"].check(method)
     if method == "fft":
         return FFTBandpassRecording(recording, params["freq_min"], params["freq_max"], median_reference)
-    if method != "sosfiltfilt":
-        raise ValueError(f"esort parameter 'filter_method' must be one of {FILTER_METHODS}, got {method!r}.")
     out = spre.bandpass_filter(recording, freq_min=params["freq_min"], freq_max=params["freq_max"], dtype="float32")
     if median_reference:
         out = spre.common_reference(out, reference="global", operator="median")
