@@ -87,18 +87,18 @@ def _fft_gain(num_samples: int, sampling_frequency: float, freq_min: float, freq
 def median_reference_(traces: np.ndarray, threads: int = 1) -> np.ndarray:
     """Subtract, in place, the median across channels at each sample of float ``traces`` (samples, channels);
     the same values as ``np.median`` (mean of the two middle values for an even channel count). With ``threads``
-    > 1, blocks of samples are done in parallel (``np.partition`` releases the GIL)."""
+    > 1, blocks of samples are done in parallel (numpy's sort releases the GIL).
+
+    Each row is sorted whole (``np.sort``, vectorised on x86 since numpy 2.0): on 384 channels about 6x faster
+    than ``np.median`` or a two-element ``np.partition``, and as fast as a one-element one (docs/speed.md)."""
     if threads > 1 and traces.shape[0] >= 2 * threads:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(median_reference_, np.array_split(traces, threads)))  # views: in place
         return traces
     channels = traces.shape[1]
     middle = channels // 2
-    if channels % 2:
-        median = np.partition(traces, middle, axis=1)[:, middle]
-    else:
-        part = np.partition(traces, (middle - 1, middle), axis=1)
-        median = (part[:, middle - 1] + part[:, middle]) / 2
+    ordered = np.sort(traces, axis=1)
+    median = ordered[:, middle] if channels % 2 else (ordered[:, middle - 1] + ordered[:, middle]) / 2
     traces -= median[:, None]
     return traces
 
