@@ -102,31 +102,35 @@ class ESortNetwork(nn.Module):
         return self.head(self.backbone(traces, stride))
 
     def forward_windows(self, windows: torch.Tensor, channel_mixing: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (batch, units) of single windows (batch, window_samples, channels), i.e. windows as read from
-        (samples, channels) traces: ``forward(windows.transpose(1, 2))[:, :, 0]`` written as matrix products (the
-        training form, with no transposed copy of the windows).
+        """Logits (batch, units) of single windows (window_samples, batch, channels), as ``gather_windows`` reads them
+        from (samples, channels) traces: ``forward(windows.permute(1, 2, 0))[:, :, 0]`` written as matrix products
+        (the training form). Every layer works on (features x batch, channels) rows: the first filter is one product
+        with no transposed copy of the windows, the batch norms run on 2-D views (statistics per channel over
+        features x batch, as the convolutional form's), the spatial filter is one product.
 
         ``channel_mixing`` (channels, channels), if given, re-samples the channels first: the network sees input
         channel c = sum_s channel_mixing[s, c] * channel s (the drift augmentation). It is applied after the first
         temporal filter (linear and shared by all channels, so it commutes with the mixing): on f1 features instead
         of window_samples samples per channel, window_samples / f1 times fewer operations than on the raw windows.
         """
-        batch, samples, channels = windows.shape
+        samples, batch, channels = windows.shape
         if channels != self.num_channels or samples != self.window_samples:
             raise ValueError(
                 f"forward_windows expects windows of {self.window_samples} samples x {self.num_channels} channels, "
                 f"got {samples} x {channels}."
             )
-        x = torch.matmul(self.temporal1.weight[:, 0, :], windows)  # (f1, T) @ (B, T, C) -> (B, f1, C)
-        if channel_mixing is not None:  # one (B*f1, C) x (C, C) product
-            f1 = x.shape[1]
-            x = (x.reshape(batch * f1, channels) @ channel_mixing.to(x.dtype)).reshape(batch, f1, channels)
-        x = x.transpose(1, 2)  # (B, C, f1)
-        x = torch.relu(self.temporal1_norm((x + self.temporal1.bias).unsqueeze(-1)))  # (B, C, f1, 1)
-        x = F.linear(x.reshape(batch * channels, -1), self.temporal2.weight[:, :, 0], self.temporal2.bias)
-        x = torch.relu(self.temporal2_norm(x.reshape(batch, channels, -1, 1)))
-        x = F.linear(x.reshape(batch, -1), self.spatial.weight[:, :, 0], self.spatial.bias)  # channel-major C*f2
-        x = torch.relu(self.spatial_norm(x))
+        f1, f2 = self.temporal_features
+        x = self.temporal1.weight[:, 0, :] @ windows.reshape(samples, batch * channels)  # (f1, B*C)
+        if channel_mixing is not None:  # one (f1*B, C) x (C, C) product
+            x = x.reshape(f1 * batch, channels) @ channel_mixing.to(x.dtype)
+        x = x.reshape(f1, batch, channels) + self.temporal1.bias[:, None, None]
+        x = torch.relu(self.temporal1_norm(x.reshape(f1 * batch, channels, 1, 1)))
+        x = torch.addmm(self.temporal2.bias[:, None], self.temporal2.weight[:, :, 0], x.reshape(f1, batch * channels))
+        x = torch.relu(self.temporal2_norm(x.reshape(f2 * batch, channels, 1, 1)))  # (f2*B, C)
+        # the spatial filter reads channel-major features (index c * f2 + g): its weight is re-ordered to (g, c)
+        x = x.reshape(f2, batch, channels).transpose(0, 1).reshape(batch, f2 * channels)
+        weight = self.spatial.weight[:, :, 0].reshape(-1, channels, f2).transpose(1, 2).reshape(-1, f2 * channels)
+        x = torch.relu(self.spatial_norm(F.linear(x, weight, self.spatial.bias)))
         return F.linear(x, self.head.weight[:, :, 0], self.head.bias)
 
     def config(self) -> dict:

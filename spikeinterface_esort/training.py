@@ -160,7 +160,7 @@ class DriftAugmentation:
 
     def draw(self, rng: np.random.Generator) -> torch.Tensor:
         """The (source, target) channel-mixing matrix of one random shift, for ``ESortNetwork.forward_windows``
-        (shifted windows are ``einsum("bts,sc->btc", windows, matrix)``; the network mixes after its first filter)."""
+        (shifted windows are ``einsum("tbs,sc->tbc", windows, matrix)``; the network mixes after its first filter)."""
         return self.kernels[int(rng.integers(len(self.shifts_um)))]
 
 
@@ -175,10 +175,10 @@ def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np
 
 def gather_windows(traces: torch.Tensor, centres: torch.Tensor, window_samples: int,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Windows (batch, window_samples, channels) of (samples, channels) traces centred at ``centres``, as ``dtype``
+    """Windows (window_samples, batch, channels) of (samples, channels) traces centred at ``centres``, as ``dtype``
     (the layout of ``ESortNetwork.forward_windows``: one gather, no transposed copy)."""
     offsets = torch.arange(window_samples, device=traces.device) - window_samples // 2
-    return traces[centres[:, None] + offsets].to(dtype)
+    return traces[offsets[:, None] + centres[None, :]].to(dtype)
 
 
 def _batches(num: int, batch_size: int):

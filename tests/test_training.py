@@ -32,8 +32,8 @@ def test_negatives_are_far_from_spikes_and_balanced():
 def test_windows_are_centred_on_their_sample():
     traces = torch.arange(200, dtype=torch.float16)[:, None].repeat(1, 3)  # value = sample index
     windows = gather_windows(traces, torch.tensor([50, 120]), window_samples=10)
-    assert windows.shape == (2, 10, 3) and windows.dtype == torch.float32  # (batch, samples, channels)
-    assert windows[0, 5, 0].item() == 50 and windows[1, 0, 2].item() == 115
+    assert windows.shape == (10, 2, 3) and windows.dtype == torch.float32  # (samples, batch, channels)
+    assert windows[5, 0, 0].item() == 50 and windows[0, 1, 2].item() == 115
 
 
 def test_drift_augmentation_shifts_signals_along_the_probe():
@@ -68,14 +68,14 @@ def test_training_forward_equals_the_convolutional_network_with_and_without_drif
     augmentation = DriftAugmentation(probe.contact_positions, max_shift_um=20.0, device=torch.device("cpu"))
     torch.manual_seed(0)
     network = ESortNetwork(16, 12, 3)
-    windows = torch.randn(64, 12, 16)  # (batch, samples, channels), as gather_windows reads them
+    windows = torch.randn(12, 64, 16)  # (samples, batch, channels), as gather_windows reads them
     mixing = augmentation.draw(np.random.default_rng(1))
     for mode in (network.train, network.eval):
         mode()
-        torch.testing.assert_close(network.forward_windows(windows), network(windows.transpose(1, 2))[:, :, 0],
+        torch.testing.assert_close(network.forward_windows(windows), network(windows.permute(1, 2, 0))[:, :, 0],
                                    atol=1e-5, rtol=1e-4)
-        shifted = torch.einsum("bts,sc->bct", windows, mixing)  # re-sampled, (batch, channels, samples)
+        shifted = torch.einsum("tbs,sc->bct", windows, mixing)  # re-sampled, (batch, channels, samples)
         torch.testing.assert_close(network.forward_windows(windows, mixing), network(shifted)[:, :, 0],
                                    atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="12 samples x 16 channels"):
-        network.forward_windows(torch.randn(4, 13, 16))
+        network.forward_windows(torch.randn(13, 4, 16))
