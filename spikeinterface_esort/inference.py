@@ -65,22 +65,28 @@ class ThreadTuner:
     """Chooses, on CPU, how reading + filtering and the network share the cores.
 
     They compete for the same cores. Three ways are timed on the first chunks (wall time per sample, waiting
-    included) and the fastest is kept for the rest of the recording: chunks 1-2 read ahead with every
-    ``threads`` for the network; chunks 3-4 read ahead with one core left to the reader; chunks 5-6 read each
-    chunk when needed, filtered with every thread (FFT filter), then the network with every thread. Chunk 0
-    (warm-up) uses the first way; chunk 7 is read when needed (the choice is made as it starts) and runs with
-    the chosen way's threads. Recordings of fewer than ``MIN_CHUNKS`` chunks, or one thread, keep the first
-    way. ``finish`` restores the torch threads.
+    included; the median over each way's chunks) and the fastest is kept for the rest of the recording: read
+    ahead with every ``threads`` for the network; read ahead with one core left to the reader; read each chunk
+    when needed, filtered with every thread (FFT filter), then the network with every thread. Each way is tried
+    on ``trial_chunks`` consecutive chunks (2, up to ``MAX_TRIAL_CHUNKS`` on recordings of
+    ``CHUNKS_PER_TRIAL_CHUNK`` chunks per trial chunk or more: longer trials where they cost little), after
+    chunk 0 (warm-up, first way); the chunk after the trials (``decision``) is read when needed (the choice is
+    made as it starts) and runs with the chosen way's threads. Recordings of fewer than ``MIN_CHUNKS`` chunks, or
+    one thread, keep the first way. ``finish`` restores the torch threads.
     """
 
     MIN_CHUNKS = 10
-    TRIALS = {1: 0, 2: 0, 3: 1, 4: 1, 5: 2, 6: 2}  # chunk index -> trial mode
-    DECISION = 7
+    MAX_TRIAL_CHUNKS = 5
+    CHUNKS_PER_TRIAL_CHUNK = 40  # e.g. 200 chunks (200 s at 1 s chunks): 5 chunks per way
 
     def __init__(self, threads: int, num_chunks: int):
         self.threads = threads
         self.active = threads > 1 and num_chunks >= self.MIN_CHUNKS
         self.modes = (ReadMode(True, threads), ReadMode(True, threads - 1), ReadMode(False, threads))
+        self.trial_chunks = int(np.clip(num_chunks // self.CHUNKS_PER_TRIAL_CHUNK, 2, self.MAX_TRIAL_CHUNKS))
+        # chunk index -> the way it tries
+        self.trials = {1 + m * self.trial_chunks + k: m for m in range(len(self.modes)) for k in range(self.trial_chunks)}
+        self.decision = 1 + len(self.modes) * self.trial_chunks
         self.trial = {m: [] for m in range(len(self.modes))}
         self.last = None
         self.chosen = self.modes[0]
@@ -90,9 +96,9 @@ class ThreadTuner:
         read it ahead): the trial's, the chosen one after the decision, no read-ahead for the decision chunk."""
         if not self.active:
             return self.modes[0]
-        if index in self.TRIALS:
-            return self.modes[self.TRIALS[index]]
-        if index == self.DECISION:
+        if index in self.trials:
+            return self.modes[self.trials[index]]
+        if index == self.decision:
             return ReadMode(False, self.threads)
         return self.chosen
 
@@ -101,13 +107,13 @@ class ThreadTuner:
         ``index - 1``'s length: records that chunk's time, sets the torch threads and returns chunk ``index``'s mode."""
         if not self.active:
             return self.modes[0]
-        if self.last is not None and index - 1 in self.TRIALS:  # chunk index - 1 just finished
-            self.trial[self.TRIALS[index - 1]].append((now - self.last) / max(1, previous_samples))
+        if self.last is not None and index - 1 in self.trials:  # chunk index - 1 just finished
+            self.trial[self.trials[index - 1]].append((now - self.last) / max(1, previous_samples))
         self.last = now
-        if index == self.DECISION:
-            seconds = [float(np.mean(self.trial[m])) for m in range(len(self.modes))]
+        if index == self.decision:
+            seconds = [float(np.median(self.trial[m])) for m in range(len(self.modes))]
             self.chosen = self.modes[int(np.argmin(seconds))]
-        mode = self.planned(index) if index != self.DECISION else self.chosen
+        mode = self.planned(index) if index != self.decision else self.chosen
         torch.set_num_threads(mode.network_threads)
         return mode
 
