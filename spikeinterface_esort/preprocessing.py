@@ -89,8 +89,8 @@ def median_reference_(traces: np.ndarray, threads: int = 1) -> np.ndarray:
     the same values as ``np.median`` (mean of the two middle values for an even channel count). With ``threads``
     > 1, blocks of samples are done in parallel (numpy's sort releases the GIL).
 
-    Each row is sorted whole (``np.sort``, vectorised on x86 since numpy 2.0): on 384 channels about 6x faster
-    than ``np.median`` or a two-element ``np.partition``, and as fast as a one-element one (docs/speed.md)."""
+    Each row is sorted whole: ``np.sort`` is vectorised on x86 (numpy >= 2.0), where it is faster than the
+    two-element partition ``np.median`` uses (the cost of reading + filtering is in docs/speed.md)."""
     if threads > 1 and traces.shape[0] >= 2 * threads:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(median_reference_, np.array_split(traces, threads)))  # views: in place

@@ -87,6 +87,8 @@ def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     accuracy = float(re.search(r"held-out accuracy ([0-9.]+)", printed).group(1))
     assert accuracy > 0.85, printed
+    fast_accuracy = float(re.search(r"fast settings: held-out accuracy ([0-9.]+)", printed).group(1))
+    assert fast_accuracy > 0.85, printed
     assert "esort_validation_accuracy" in printed
     assert (tmp_path / "guide" / "tuned_model" / "model.json").is_file()
     # the install block is the README's
