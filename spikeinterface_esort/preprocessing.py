@@ -25,6 +25,7 @@ from spikeinterface.preprocessing.basepreprocessor import BasePreprocessor, Base
 from .parameters import PARAMETERS_BY_NAME
 FILTER_ORDER = 5  # Butterworth order, as SpikeInterface's bandpass_filter
 FFT_MARGIN_PERIODS = 10  # margin on each side of a chunk, in periods of freq_min (33 ms at 300 Hz)
+MEDIAN_BLOCK_SAMPLES = 1024  # samples sorted at once by the median reference
 
 _local = threading.local()
 
@@ -97,9 +98,11 @@ def median_reference_(traces: np.ndarray, threads: int = 1) -> np.ndarray:
         return traces
     channels = traces.shape[1]
     middle = channels // 2
-    ordered = np.sort(traces, axis=1)
-    median = ordered[:, middle] if channels % 2 else (ordered[:, middle - 1] + ordered[:, middle]) / 2
-    traces -= median[:, None]
+    for first in range(0, traces.shape[0], MEDIAN_BLOCK_SAMPLES):  # the sorted copy stays small (cache-sized)
+        block = traces[first : first + MEDIAN_BLOCK_SAMPLES]
+        ordered = np.sort(block, axis=1)
+        median = ordered[:, middle] if channels % 2 else (ordered[:, middle - 1] + ordered[:, middle]) / 2
+        block -= median[:, None]
     return traces
 
 

@@ -63,7 +63,7 @@ def test_fft_bandpass_removes_offsets_and_is_serialisable(tmp_path):
 
 @pytest.mark.parametrize("channels", [1, 2, 7, 384])
 def test_median_reference_equals_numpy_median(channels):
-    traces = np.random.default_rng(channels).standard_normal((500, channels)).astype("float32")
+    traces = np.random.default_rng(channels).standard_normal((2500, channels)).astype("float32")  # 3 sorted blocks
     expected = traces - np.median(traces, axis=1, keepdims=True)
     np.testing.assert_array_equal(median_reference_(traces.copy()), expected)
     np.testing.assert_array_equal(median_reference_(traces.copy(), threads=3), expected)  # blocks of samples
