@@ -32,13 +32,20 @@ class DetectedSpikes:
     timings: dict = field(default_factory=dict)
 
 
-def read_block(recording: BaseRecording, start: int, stop: int, segment_index: int) -> np.ndarray:
-    """Traces (samples, channels) of frames [start, stop), zero outside the segment; refuses NaN and inf."""
+def read_block(recording: BaseRecording, start: int, stop: int, segment_index: int,
+               device: torch.device | None = None) -> np.ndarray | torch.Tensor:
+    """Traces (samples, channels) of frames [start, stop), zero outside the segment; refuses NaN and inf.
+    With ``device``, a float32 tensor filtered there (``recording`` must have ``get_traces_on_device``)."""
     num_samples = recording.get_num_samples(segment_index)
     lo, hi = max(start, 0), min(stop, num_samples)
-    traces = recording.get_traces(segment_index=segment_index, start_frame=lo, end_frame=hi, return_in_uV=False)
-    if traces.dtype.kind == "f" and not np.isfinite(traces).all():
-        bad = np.flatnonzero(~np.isfinite(traces).all(axis=0))
+    if device is None:
+        traces = recording.get_traces(segment_index=segment_index, start_frame=lo, end_frame=hi, return_in_uV=False)
+        finite = np.isfinite(traces).all(axis=0) if traces.dtype.kind == "f" else None
+    else:
+        traces = recording.get_traces_on_device(segment_index, lo, hi, device)
+        finite = torch.isfinite(traces).all(dim=0).cpu().numpy()
+    if finite is not None and not finite.all():
+        bad = np.flatnonzero(~finite)
         raise ValueError(
             f"The recording has NaN or infinite samples in segment {segment_index}, frames {lo}-{hi}, channels "
             f"{recording.channel_ids[bad][:10].tolist()}: remove those channels or interpolate them "
@@ -46,9 +53,17 @@ def read_block(recording: BaseRecording, start: int, stop: int, segment_index: i
         )
     if lo == start and hi == stop:
         return traces
+    if device is not None:
+        return torch.nn.functional.pad(traces, (0, 0, lo - start, stop - hi))
     block = np.zeros((stop - start, recording.get_num_channels()), dtype=traces.dtype)
     block[lo - start : lo - start + traces.shape[0]] = traces
     return block
+
+
+def filters_on_device(recording: BaseRecording, device: torch.device) -> bool:
+    """Whether inference on ``device`` reads ``recording`` filtered on the device: on a GPU, when the recording
+    can (the FFT filter, ``filter_method="fft"``, as the last preprocessing step)."""
+    return device.type == "cuda" and hasattr(recording, "get_traces_on_device")
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,7 @@ def detect_in_recording(
     thresholds: np.ndarray | None = None,
     stride: int = 1,
     prefetch: bool = True,
+    filter_on_device: bool | None = None,
 ) -> DetectedSpikes:
     """Spikes of every segment of a preprocessed ``recording`` (or of ``frame_range`` of the given segments).
 
@@ -145,8 +161,11 @@ def detect_in_recording(
     spike's time is refined between grid points by parabolic interpolation. A spike belongs to the chunk
     holding its grid point, so chunking never changes the result.
     With ``prefetch`` the next chunk is read and preprocessed in a thread while the network runs (the filters
-    and numpy release the GIL), so on a GPU reading overlaps compute (and the reader filters with every CPU
-    thread); on a CPU, ``ThreadTuner`` decides whether to read ahead and how to share the threads.
+    and numpy release the GIL), so on a GPU reading overlaps compute (a reader filtering on the CPU does it with
+    every CPU thread); on a CPU, ``ThreadTuner`` decides whether to read ahead and how to share the threads.
+    With ``filter_on_device`` (default: ``filters_on_device``, i.e. on a GPU with the FFT filter) the raw traces
+    are copied to the model's device and filtered there, so that a GPU's sort is bound by reading the file, not
+    by the CPU's filter; the spikes are those of the CPU filter (float rounding aside).
     Timings (s) summed in ``timings``: waiting for the traces (reading/preprocessing not hidden by the overlap),
     network, post-processing; with the tuner, ``network_threads`` (the torch threads it kept) and
     ``read_ahead`` (1 if it kept reading ahead).
@@ -161,10 +180,14 @@ def detect_in_recording(
         for chunk_start in range(start, stop, chunk_size):
             jobs.append((segment_index, chunk_start, min(chunk_start + chunk_size, stop)))
 
+    if filter_on_device is None:
+        filter_on_device = filters_on_device(recording, device)
+    elif filter_on_device and not hasattr(recording, "get_traces_on_device"):
+        raise ValueError("filter_on_device needs a recording filtered by FFTBandpassRecording (filter_method='fft').")
     timings = dict(read_s=0.0, network_s=0.0, postprocessing_s=0.0)
     threads = torch.get_num_threads()
     tuner = ThreadTuner(threads, len(jobs)) if (device.type == "cpu" and prefetch) else None
-    # on a GPU the CPU is free while the network runs: the read-ahead thread filters with every thread
+    # on a GPU the CPU is free while the network runs: a read-ahead thread filtering there uses every thread
     ahead_threads = threads if device.type != "cpu" else 1
     out_samples, out_segments, out_units, out_probs = [], [], [], []
 
@@ -172,7 +195,8 @@ def detect_in_recording(
         segment_index, chunk_start, chunk_stop = job
         block_start = ((chunk_start - margin_before) // stride) * stride  # on the segment's grid
         with preprocessing_threads(reader_threads):
-            return block_start, read_block(recording, block_start, chunk_stop + margin_after, segment_index)
+            return block_start, read_block(recording, block_start, chunk_stop + margin_after, segment_index,
+                                           device if filter_on_device else None)
 
     def read_ahead(index: int) -> bool:
         return prefetch and index < len(jobs) and (tuner is None or tuner.planned(index).prefetch)
@@ -189,7 +213,7 @@ def detect_in_recording(
                 # a chunk not read ahead is read now, with every thread (nothing else runs meanwhile)
                 block_start, block = pending.result() if pending is not None else read(job, threads)
                 pending = reader.submit(read, jobs[i + 1], ahead_threads) if read_ahead(i + 1) else None
-                traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
+                traces = block if filter_on_device else torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
                 t1 = time.perf_counter()
                 probabilities = model.probabilities(traces, stride)
                 _sync(device)

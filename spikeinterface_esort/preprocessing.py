@@ -19,6 +19,7 @@ import numpy as np
 import scipy.fft
 import scipy.signal
 import spikeinterface.preprocessing as spre
+import torch
 from spikeinterface.core import BaseRecording, get_noise_levels
 from spikeinterface.preprocessing.basepreprocessor import BasePreprocessor, BasePreprocessorSegment
 
@@ -135,6 +136,12 @@ class FFTBandpassRecording(BasePreprocessor):
         self._kwargs = dict(recording=recording, freq_min=float(freq_min), freq_max=float(freq_max),
                             median_reference=bool(median_reference))
 
+    def get_traces_on_device(self, segment_index: int, start_frame: int, end_frame: int,
+                             device: torch.device) -> torch.Tensor:
+        """Every channel's filtered traces of frames [start_frame, end_frame) as a float32 tensor (samples,
+        channels) on ``device``, filtered there with torch (the same values as ``get_traces`` to float rounding)."""
+        return self.segments[segment_index].get_traces_on_device(start_frame, end_frame, torch.device(device))
+
 
 class FFTBandpassRecordingSegment(BasePreprocessorSegment):
     def __init__(self, parent_recording_segment, sampling_frequency: float, freq_min: float, freq_max: float,
@@ -145,22 +152,31 @@ class FFTBandpassRecordingSegment(BasePreprocessorSegment):
         self.margin = margin
         self.median_reference = median_reference
 
-    def get_traces(self, start_frame, end_frame, channel_indices):
+    def read_padded(self, start_frame: int | None, end_frame: int | None, channel_indices=None):
+        """The parent's traces of frames [start_frame - margin, end_frame + margin), in its own dtype, extended past
+        the segment's ends by odd reflection (as filtfilt pads); with ``before`` and ``after``, the samples
+        around [start_frame, end_frame). Every channel when the median is taken, else ``channel_indices``."""
         num_samples = self.get_num_samples()
         start_frame = 0 if start_frame is None else int(start_frame)
         end_frame = num_samples if end_frame is None else int(end_frame)
         lo, hi = max(0, start_frame - self.margin), min(num_samples, end_frame + self.margin)
         # the median needs every channel; without it, only those asked for are read and filtered
         read_channels = slice(None) if self.median_reference else channel_indices
-        traces = np.asarray(self.parent_recording_segment.get_traces(lo, hi, read_channels), dtype=np.float32)
+        traces = np.asarray(self.parent_recording_segment.get_traces(lo, hi, read_channels))
         before, after = start_frame - lo, hi - end_frame
         pad_before, pad_after = self.margin - before, self.margin - after
-        if end_frame <= start_frame:
-            return np.zeros((0, traces.shape[1]), dtype=np.float32)
-        if pad_before > 0 or pad_after > 0:  # at the segment's ends: odd extension, as filtfilt pads
-            traces = np.pad(traces, ((max(0, pad_before), max(0, pad_after)), (0, 0)), mode="reflect", reflect_type="odd")
+        if end_frame > start_frame and (pad_before > 0 or pad_after > 0):
+            traces = np.pad(traces.astype(np.float32), ((max(0, pad_before), max(0, pad_after)), (0, 0)),
+                            mode="reflect", reflect_type="odd")
             before, after = before + max(0, pad_before), after + max(0, pad_after)
+        return traces, before, after
+
+    def get_traces(self, start_frame, end_frame, channel_indices):
+        traces, before, after = self.read_padded(start_frame, end_frame, channel_indices)
         length = traces.shape[0]
+        if length <= before + after:  # an empty range
+            return np.zeros((0, traces.shape[1]), dtype=np.float32)
+        traces = np.asarray(traces, dtype=np.float32)
         threads = getattr(_local, "threads", 1)
         n_fft = scipy.fft.next_fast_len(length, real=True)
         spectrum = scipy.fft.rfft(traces, n=n_fft, axis=0, workers=threads)
@@ -171,6 +187,34 @@ class FFTBandpassRecordingSegment(BasePreprocessorSegment):
             median_reference_(out, threads)
             out = out[:, channel_indices] if channel_indices is not None else out
         return out
+
+    def get_traces_on_device(self, start_frame: int, end_frame: int, device: torch.device) -> torch.Tensor:
+        """``get_traces`` of every channel as a float32 tensor (samples, channels) on ``device``, filtered there:
+        the raw traces are copied in their own dtype (int16: half the bytes of float32), the FFT, gain and median
+        run as torch operations (a GPU's, so that its sort is not bound by the CPU's filter)."""
+        raw, before, after = self.read_padded(start_frame, end_frame)
+        length = raw.shape[0]
+        if length <= before + after:
+            return torch.zeros((0, raw.shape[1]), dtype=torch.float32, device=device)
+        if raw.dtype not in (np.int16, np.float16, np.float32):  # dtypes torch takes as they are
+            raw = raw.astype(np.float32)
+        traces = torch.from_numpy(np.require(raw, requirements=["C", "W"])).to(device).float()  # W: memmaps copied
+        n_fft = scipy.fft.next_fast_len(length, real=True)
+        gain = _fft_gain_on(n_fft, self.sampling_frequency, self.freq_min, self.freq_max, str(device))
+        filtered = torch.fft.irfft(torch.fft.rfft(traces, n=n_fft, dim=0) * gain, n=n_fft, dim=0)
+        out = filtered[before : length - after]
+        if self.median_reference:
+            ordered = torch.sort(out, dim=1).values  # the median of np.median: mean of the two middle values
+            middle = out.shape[1] // 2
+            median = ordered[:, middle] if out.shape[1] % 2 else (ordered[:, middle - 1] + ordered[:, middle]) / 2
+            out = out - median[:, None]
+        return out.contiguous()
+
+
+@lru_cache(maxsize=16)
+def _fft_gain_on(num_samples: int, sampling_frequency: float, freq_min: float, freq_max: float, device: str) -> torch.Tensor:
+    """``_fft_gain`` as a tensor on ``device``, copied there once."""
+    return torch.from_numpy(_fft_gain(num_samples, sampling_frequency, freq_min, freq_max)).to(device)
 
 
 def correct_motion(recording: BaseRecording, preset: str, folder, job_kwargs: dict) -> BaseRecording:

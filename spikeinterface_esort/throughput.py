@@ -10,7 +10,8 @@ second of compute) of the network, of post-processing, of both, and of the whole
 (reading, filtering, network, post-processing), the time spent waiting for the traces (per second of
 recording: with ``--no-prefetch``, the whole cost of reading and filtering), and the peak resident memory
 of the process.
-``--device cuda`` measures a GPU.
+``--device cuda`` measures a GPU; there the FFT filter runs on the GPU (``--filter-on-device`` runs it with
+torch on a CPU too, to compare).
 
 ``--accuracy`` adds, for each path and each recording of ``--datasets`` (names in ``ACCURACY_DATASETS``), the
 held-out accuracy of a full ``run_sorter("esort")`` (trained on the first half with ground truth; the same seed, so the same
@@ -38,15 +39,17 @@ from .parameters import INFERENCE_DTYPES, PARAMETERS_BY_NAME
 
 
 def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
-            dtype: str = "float32", prefetch: bool = True, lazy: bool = False, filter_method: str | None = None) -> dict:
+            dtype: str = "float32", prefetch: bool = True, lazy: bool = False, filter_method: str | None = None,
+            filter_on_device: bool | None = None) -> dict:
     """One configuration, in this process. ``lazy``: the recording is generated chunk by chunk as it is read
-    (nothing saved; its generation counts in the inference step), for long recordings."""
+    (nothing saved; its generation counts in the inference step), for long recordings. ``filter_on_device``:
+    as ``detect_in_recording``'s (default: on a GPU with the FFT filter)."""
     import numpy as np
     import torch
 
     from .datasets import generate_dataset
     from .device import resolve_device
-    from .inference import detect_in_recording
+    from .inference import detect_in_recording, filters_on_device
     from .model import ESortModel
     from .network import ESortNetwork, network_window_samples
     from .parameters import default_params
@@ -76,14 +79,17 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
         smoothing_taps(params["smoothing_ms"], fs), thresholds=np.full(units, 0.9), params=dict(inference_dtype=dtype),
     ).to(resolve_device(device))
     preprocessed = preprocess(recording, params)
+    if filter_on_device is None:
+        filter_on_device = filters_on_device(preprocessed, model.device)
     t0 = time.perf_counter()
     detected = detect_in_recording(model, preprocessed, chunk_size=int(fs), progress_bar=False, stride=stride,
-                                   prefetch=prefetch)
+                                   prefetch=prefetch, filter_on_device=filter_on_device)
     wall = time.perf_counter() - t0
     seconds = recording.get_total_duration()
     t = detected.timings
     return dict(
         channels=channels, units=units, stride=stride, dtype=dtype, filter_method=params["filter_method"],
+        filter_on_device=bool(filter_on_device),
         device=str(model.device), threads=threads,
         prefetch=prefetch, lazy=lazy, network_threads=t.get("network_threads", threads),
         read_ahead=bool(t.get("read_ahead", prefetch)),
@@ -168,7 +174,10 @@ def _child(folder: Path, args, channels: int, stride: int, dtype: str, duration:
     """``measure`` in a fresh process (so that its peak memory is its own)."""
     command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride), dtype,
                "--duration", str(duration), "--device", args.device, "--threads", str(args.threads),
-               "--folder", str(folder), "--filter-methods", filter_method or args.filter_methods[0]] + (["--no-prefetch"] if args.no_prefetch else []) + (["--lazy"] if lazy else [])
+               "--folder", str(folder), "--filter-methods", filter_method or args.filter_methods[0]]
+    command += ["--no-prefetch"] if args.no_prefetch else []
+    command += ["--lazy"] if lazy else []
+    command += ["--filter-on-device"] if args.filter_on_device else []
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -218,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recordings of the accuracy part")
     parser.add_argument("--skip-throughput", action="store_true", help="only the accuracy part")
     parser.add_argument("--no-prefetch", action="store_true", help="read each chunk only when the network needs it")
+    parser.add_argument("--filter-on-device", action="store_true",
+                        help="filter with torch on --device (the default on a GPU with the FFT filter; on a CPU, "
+                             "to compare it with the numpy/scipy filter)")
     parser.add_argument("--memory", type=float, nargs="+", metavar="SECONDS",
                         help="instead of the table: peak memory and speed of one path (first of --channels, "
                              "--strides, --dtypes) on recordings of these durations, generated as they are read")
@@ -233,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:  # child process: one measure, printed as JSON
         channels, stride, dtype = int(args.one[0]), int(args.one[1]), args.one[2]
         print(json.dumps(measure(folder, channels, stride, args.duration, args.device, args.threads, dtype,
-                                 not args.no_prefetch, args.lazy, args.filter_methods[0])))
+                                 not args.no_prefetch, args.lazy, args.filter_methods[0],
+                                 True if args.filter_on_device else None)))
         return 0
     if args.memory:
         return memory_by_duration(folder, args)
@@ -259,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
               "waiting for read + filter (s per s) | network threads (tuner's choice) | peak RSS (MB) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
-            print(f"| {r['channels']} | {r['units']} | {r['device']} | {r['filter_method']} | {r['stride']} | {r['dtype']} | "
+            filter_name = r["filter_method"] + (" on device" if r.get("filter_on_device") else "")
+            print(f"| {r['channels']} | {r['units']} | {r['device']} | {filter_name} | {r['stride']} | {r['dtype']} | "
                   f"{r['rtf_network']:.2f} | {r['rtf_postprocessing']:.1f} | {r['rtf_network_and_postprocessing']:.2f} | "
                   f"{r['rtf_inference']:.2f} | {r['read_s'] / r['duration_s']:.3f} | {r['network_threads']}"
                   f"{'' if r.get('read_ahead', True) else ', no read-ahead'} | "

@@ -87,6 +87,36 @@ def test_reading_ahead_changes_no_spike(small_recording, small_esort_run):
         np.testing.assert_array_equal(getattr(ahead, name), getattr(in_turn, name))
 
 
+def test_filtering_on_the_device_changes_no_spike(small_recording, small_esort_run):
+    """On a GPU the FFT filter runs on the device (``filter_on_device``, default there); forced here on the CPU,
+    it finds the spikes of the CPU filter. Other preprocessing cannot be filtered on the device."""
+    from spikeinterface_esort.inference import detect_in_recording, filters_on_device, read_block
+    from spikeinterface_esort.preprocessing import preprocess
+
+    recording, _, _ = small_recording
+    folder, _ = small_esort_run
+    model = ESortModel.load(folder)
+    preprocessed = preprocess(recording, model.preprocessing)
+    assert not filters_on_device(preprocessed, torch.device("cpu"))
+    assert filters_on_device(preprocessed, torch.device("cuda"))
+    on_cpu = detect_in_recording(model, preprocessed, 30000, progress_bar=False)
+    on_device = detect_in_recording(model, preprocessed, 30000, progress_bar=False, filter_on_device=True)
+    assert len(on_cpu.sample_index) > 100
+    np.testing.assert_array_equal(on_device.sample_index, on_cpu.sample_index)
+    np.testing.assert_array_equal(on_device.unit_index, on_cpu.unit_index)
+    np.testing.assert_allclose(on_device.probability, on_cpu.probability, atol=1e-4)
+    # a block past the segment's ends is zero there, as read_block's numpy path gives it
+    num = preprocessed.get_num_samples()
+    block = read_block(preprocessed, num - 100, num + 50, 0, torch.device("cpu"))
+    expected = read_block(preprocessed, num - 100, num + 50, 0)
+    assert block.shape == expected.shape and (block[100:] == 0).all()
+    np.testing.assert_allclose(block.numpy(), expected, atol=1e-4)
+    sosfiltfilt = preprocess(recording, dict(model.preprocessing, filter_method="sosfiltfilt"))
+    assert not filters_on_device(sosfiltfilt, torch.device("cuda"))
+    with pytest.raises(ValueError, match="filter_on_device"):
+        detect_in_recording(model, sosfiltfilt, 30000, progress_bar=False, filter_on_device=True)
+
+
 @pytest.mark.parametrize("num_chunks", [12, 400])
 def test_thread_tuner_keeps_the_fastest_way(num_chunks):
     from spikeinterface_esort.inference import ReadMode, ThreadTuner

@@ -104,3 +104,21 @@ def test_a_model_sorts_the_same_spikes_with_either_filter(small_recording, small
         a, b = with_fft.get_unit_spike_train(unit_id), with_sosfiltfilt.get_unit_spike_train(unit_id)
         assert len(a) > 0
         assert len(np.intersect1d(a, b)) >= 0.99 * max(len(a), len(b)), unit_id
+
+
+@pytest.mark.parametrize("median_reference", [True, False])
+def test_fft_bandpass_on_the_device_equals_the_cpu_filter(small_recording, median_reference):
+    """The filter a GPU runs (torch FFT and sort), checked here on the CPU: the traces of ``get_traces``, in the
+    middle and at both ends of the segment (odd extension), from float32 and int16 raw traces, odd channel count."""
+    import torch
+
+    recording = small_recording[0]
+    raw = recording.get_traces()
+    for source in (recording, NumpyRecording((raw[:, :7] * 50).astype("int16"), recording.get_sampling_frequency())):
+        fft = FFTBandpassRecording(source, 300.0, 6000.0, median_reference)
+        num = fft.get_num_samples()
+        for start, end in ((60000, 90000), (0, 5000), (num - 5000, num), (100, 100)):
+            expected = fft.get_traces(start_frame=start, end_frame=end)
+            got = fft.get_traces_on_device(0, start, end, torch.device("cpu"))
+            assert got.dtype == torch.float32 and tuple(got.shape) == expected.shape
+            np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max(initial=1.0))

@@ -18,6 +18,13 @@ def test_throughput_table_has_a_row_per_path(tmp_path, capsys):
         assert r["rtf_network"] > r["rtf_network_and_postprocessing"] > 0
         assert r["wall_s"] > 0 and r["peak_rss_mb"] > 50
     assert "| 8 | 4 | cpu | fft | 2 | float32 |" in capsys.readouterr().out
+    # the filter a GPU runs, with torch on the CPU: the same spikes
+    assert throughput.main(["--channels", "8", "--strides", "2", "--dtypes", "float32", "--duration", "3",
+                            "--threads", "1", "--folder", str(tmp_path), "--filter-on-device"]) == 0
+    on_device = json.loads((tmp_path / "throughput.json").read_text())["throughput"]
+    assert [r["filter_on_device"] for r in rows + on_device] == [False, False, True, True]
+    assert [r["spikes"] for r in on_device] == [r["spikes"] for r in rows]
+    assert "| 8 | 4 | cpu | fft on device | 2 | float32 |" in capsys.readouterr().out
 
 
 def test_memory_mode_reads_recordings_generated_on_the_fly(tmp_path, capsys):
