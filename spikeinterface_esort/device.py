@@ -39,3 +39,33 @@ def torch_threads(n_threads: int):
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that does (compute capability 8.0 or newer), or
+    a CPU with AVX-512 BF16 or AMX. Elsewhere torch emulates it, far slower than float32 (docs/speed.md)."""
+    if device.type == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch older than 2.4
+            return bool(torch.cuda.is_bf16_supported())
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_dtype(parameter: str, requested: str, device: torch.device) -> str:
+    """The precision the ``parameter`` ('inference_dtype' or 'training_dtype') value ``requested`` means on
+    ``device``: 'auto' is 'bfloat16' where ``native_bfloat16``, else 'float32'. Raises ``ValueError`` for
+    'bfloat16' where it would be emulated and for 'float16' off a GPU."""
+    if requested == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    if requested == "bfloat16" and not native_bfloat16(device):
+        where = "this GPU" if device.type == "cuda" else "this CPU (no AVX-512 BF16 or AMX)"
+        raise ValueError(
+            f"esort parameter '{parameter}'='bfloat16': {where} has no native bfloat16, and emulated it is "
+            "hundreds of times slower than float32; use 'auto' (bfloat16 where native, else float32) or 'float32'."
+        )
+    if requested == "float16" and device.type != "cuda":
+        raise ValueError(f"esort parameter '{parameter}'='float16' needs a CUDA device (torch_device); "
+                         "on a CPU use 'auto' or 'float32'.")
+    return requested

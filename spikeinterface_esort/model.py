@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .device import resolve_dtype
 from .network import ESortNetwork, FoldedNetwork
 from .postprocessing import detect_spikes, detection_margin, strided_taps, triangular_kernel
 
@@ -89,8 +90,9 @@ class ESortModel:
     # inference ---------------------------------------------------------------------------
     @property
     def inference_dtype(self) -> str:
-        """Precision of the folded network at inference (the ``inference_dtype`` parameter)."""
-        return self.params.get("inference_dtype", "float32")
+        """Precision of the folded network at inference: the ``inference_dtype`` parameter on this model's device
+        ('auto' resolved; emulated precisions refused, see ``device.resolve_dtype``)."""
+        return resolve_dtype("inference_dtype", self.params.get("inference_dtype", "float32"), self.device)
 
     def folded_network(self) -> FoldedNetwork:
         """The network in eval mode with its batch norms folded (see ``FoldedNetwork``); rebuilt only when
@@ -100,8 +102,6 @@ class ESortModel:
         state = (self.inference_dtype, str(self.device), tuple((t.data_ptr(), t._version) for t in tensors),
                  noise.tobytes())
         if self._folded is None or self._folded[0] != state:
-            if self.inference_dtype == "float16" and self.device.type != "cuda":
-                raise ValueError("inference_dtype 'float16' needs a CUDA device; on a CPU use 'bfloat16' or 'float32'.")
             self.network.eval()
             gain = torch.from_numpy(1.0 / noise).to(self.device)  # normalisation folded into the first scale
             self._folded = (state, FoldedNetwork(self.network, self.inference_dtype, input_gain=gain))

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .parameters import INFERENCE_DTYPES
 
 
 MIN_WINDOW_SAMPLES = 4
@@ -164,8 +163,8 @@ class FoldedNetwork:
     CAST_SLICE_SAMPLES = 1024
 
     def __init__(self, network: "ESortNetwork", dtype: str = "float32", input_gain: torch.Tensor | None = None):
-        if dtype not in INFERENCE_DTYPES:
-            raise ValueError(f"inference dtype must be one of {INFERENCE_DTYPES}, got {dtype!r}")
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"FoldedNetwork computes in float32, bfloat16 or float16, got {dtype!r}")
         self.window_samples = network.window_samples
         self.dtype = getattr(torch, dtype)
         with torch.no_grad():

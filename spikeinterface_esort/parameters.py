@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-INFERENCE_DTYPES = ("float32", "bfloat16", "float16")  # float16: CUDA only
-TRAINING_DTYPES = ("float32", "bfloat16")
+INFERENCE_DTYPES = ("float32", "bfloat16", "float16", "auto")  # float16: CUDA only; auto: device.resolve_dtype
+TRAINING_DTYPES = ("float32", "bfloat16", "auto")
 FILTER_METHODS = ("fft", "sosfiltfilt")
 
 STEPS = ("preprocessing", "annotation", "network", "training", "inference", "postprocessing", "general")
@@ -172,9 +172,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               minimum=0.0, exclusive=True),
     Parameter("batch_size", 1024, (int,), "training", "Windows per training batch.", minimum=1),
     Parameter("training_dtype", "float32", (str,), "training",
-              "Precision of the network's matrix products during training: 'float32', or 'bfloat16' (mixed "
-              "precision with torch.autocast, weights and optimiser kept in float32; faster on CPUs with AVX-512 "
-              "BF16 or AMX and on GPUs, slower on other CPUs; see docs/speed.md).",
+              "Precision of the network's matrix products during training: 'float32', 'bfloat16' (mixed "
+              "precision with torch.autocast, weights and optimiser kept in float32; only where the device computes "
+              "bfloat16 natively: CPUs with AVX-512 BF16 or AMX, GPUs of compute capability 8.0+; refused elsewhere, "
+              "where it is emulated and hundreds of times slower), or 'auto' (bfloat16 where native, else float32; "
+              "see docs/speed.md).",
               choices=TRAINING_DTYPES),
     # inference
     Parameter("torch_device", "auto", (str,), "inference",
@@ -185,8 +187,10 @@ PARAMETERS: tuple[Parameter, ...] = (
               "spike times are refined between evaluated samples by parabolic interpolation. Thresholds are "
               "chosen with the same stride.", minimum=1, maximum=16),
     Parameter("inference_dtype", "float32", (str,), "inference",
-              "Precision of the network at inference and threshold choice: 'float32' (exact), 'bfloat16' (CPUs with AVX-512 BF16 or AMX, and GPUs; see docs/speed.md) "
-              "or 'float16' (GPUs only). Training: see training_dtype.",
+              "Precision of the network at inference and threshold choice: 'float32' (exact), 'bfloat16' (only "
+              "where native: CPUs with AVX-512 BF16 or AMX, GPUs of compute capability 8.0+), 'float16' (GPUs "
+              "only) or 'auto' (bfloat16 where native, else float32; see docs/speed.md). Training: see "
+              "training_dtype.",
               choices=INFERENCE_DTYPES),
     # postprocessing
     Parameter("smoothing_ms", 0.53, (float,), "postprocessing",

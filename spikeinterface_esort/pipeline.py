@@ -30,7 +30,7 @@ from .annotation import (
     sorting_to_annotations,
     training_window,
 )
-from .device import resolve_device, torch_threads
+from .device import resolve_device, resolve_dtype, torch_threads
 from .inference import DetectedSpikes, detect_in_recording
 from .model import ESortModel
 from .postprocessing import smoothing_taps
@@ -54,11 +54,18 @@ def check_inputs(recording: BaseRecording, params: dict) -> None:
     network_window_samples(params["window_ms"], recording.get_sampling_frequency())
     training_window(recording, params)
     check_annotation_source(recording, params)
-    device = resolve_device(params["torch_device"])
-    if params["inference_dtype"] == "float16" and device.type != "cuda":
-        raise ValueError("esort parameter 'inference_dtype'='float16' needs a CUDA device (torch_device); "
-                         "on a CPU use 'bfloat16' or 'float32'.")
+    resolve_precision(params, resolve_device(params["torch_device"]))
     resolve_backbone(params["pretrained_weights"], recording.get_channel_locations(), recording.get_sampling_frequency())
+
+
+def resolve_precision(params: dict, device: torch.device) -> dict:
+    """``params`` with ``training_dtype`` and ``inference_dtype`` as used on ``device`` ('auto' resolved; see
+    ``device.resolve_dtype``, which refuses emulated bfloat16 and float16 off a GPU)."""
+    resolved = {name: resolve_dtype(name, params[name], device) for name in ("training_dtype", "inference_dtype")}
+    for name, value in resolved.items():
+        if params[name] != value:
+            logger.info("%s: %s -> %s on %s", name, params[name], value, device)
+    return dict(params, **resolved)
 
 
 def chunk_size_from_job_kwargs(recording: BaseRecording, job_kwargs: dict) -> int:
@@ -185,6 +192,7 @@ def fit_model(
     ``backbone``, else from ``pretrained_weights`` when given) and choose its thresholds on the held-out part:
     the model and the split."""
     timer = timer or StepTimer()
+    params = resolve_precision(params, device)
     fs = preprocessed.get_sampling_frequency()
     locations = preprocessed.get_channel_locations()
     split = training_split(window, params)
@@ -319,6 +327,7 @@ def sort_with_model(
     model.check_recording(recording)
     if inference_dtype is not None:  # a copy of the model's parameters: the model itself is left as it was
         PARAMETERS_BY_NAME["inference_dtype"].check(inference_dtype)
+        inference_dtype = resolve_dtype("inference_dtype", inference_dtype, model.device)
         model = copy.copy(model)
         model.params = dict(model.params, inference_dtype=inference_dtype)  # the folded network follows it
     folder = None if folder is None else Path(folder)

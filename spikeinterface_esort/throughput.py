@@ -1,6 +1,6 @@
 """Throughput benchmark: how fast esort's inference and post-processing run, per stride and precision.
 
-    python -m spikeinterface_esort.throughput --channels 64 384 --strides 1 2 4 --dtypes float32 bfloat16 --duration 20
+    python -m spikeinterface_esort.throughput --channels 64 384 --strides 1 2 4 --dtypes float32 auto --duration 20
 
 For each channel count and path (``inference_stride``, ``inference_dtype``), in a fresh process (so that
 peak memory is its own): a generated recording (saved binary, 30 kHz) is preprocessed as esort does
@@ -18,6 +18,9 @@ held-out accuracy of a full ``run_sorter("esort")`` (trained on the first half w
 network; thresholds chosen with the path), its difference from the exact path (stride 1, float32), the
 worst unit's difference, and how far spike times move from the exact ones. ``--skip-throughput`` runs
 only that.
+
+``--precision-check`` only tells whether this CPU computes bfloat16 natively and times the network's spatial
+product in float32 and bfloat16 (where bfloat16 is emulated, hundreds of times slower: esort refuses it there).
 
 ``--memory 60 600 3600`` measures instead one path (the first channel count, stride and dtype given) over
 recordings of those durations, generated chunk by chunk while esort reads them (nothing written to disk):
@@ -201,6 +204,28 @@ def memory_by_duration(folder: Path, args) -> int:
     return 0
 
 
+def precision_check(channels: int, threads: int, windows: int = 256) -> dict:
+    """Whether this CPU computes bfloat16 natively, and the time of the network's spatial product (hidden 256 x
+    channels * 16 features, over ``windows`` windows) in float32 and in bfloat16, per second of 30 kHz recording
+    at stride 1 (s)."""
+    import torch
+
+    from .device import native_bfloat16
+
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(256, channels * 16, generator=generator) * 0.01
+    features = torch.rand(channels * 16, windows, generator=generator)
+    row = dict(channels=channels, windows=windows, threads=threads, native_bfloat16=native_bfloat16(torch.device("cpu")))
+    for dtype in ("float32", "bfloat16"):
+        w, x = weight.to(getattr(torch, dtype)), features.to(getattr(torch, dtype))
+        w @ x  # warm-up
+        t0 = time.perf_counter()
+        w @ x
+        row[f"spatial_{dtype}_s_per_s"] = (time.perf_counter() - t0) * 30000 / windows
+    return row
+
+
 def _paths(strides: list[int], dtypes: list[str]) -> list[tuple[int, str]]:
     """(stride, dtype) pairs, the exact path (1, float32) first."""
     paths = [(1, "float32")] + [(s, d) for d in dtypes for s in strides]
@@ -213,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 384])
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=INFERENCE_DTYPES,
-                        help="inference_dtype values (float16: GPU only)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "auto"], choices=INFERENCE_DTYPES,
+                        help="inference_dtype values (auto: bfloat16 where --device computes it natively, else "
+                             "float32; bfloat16 is refused where emulated; float16: GPU only)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording per measure")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--filter-methods", nargs="+", default=[PARAMETERS_BY_NAME["filter_method"].default],
@@ -233,14 +259,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--memory", type=float, nargs="+", metavar="SECONDS",
                         help="instead of the table: peak memory and speed of one path (first of --channels, "
                              "--strides, --dtypes) on recordings of these durations, generated as they are read")
+    parser.add_argument("--precision-check", action="store_true",
+                        help="instead of the table: whether this CPU has native bfloat16, and the network's spatial "
+                             "product timed in float32 and bfloat16 (first of --channels)")
     parser.add_argument("--lazy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=3, metavar=("CHANNELS", "STRIDE", "DTYPE"), help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from .device import resolve_dtype
+
     args = build_parser().parse_args(argv)
     folder = Path(args.folder).absolute()
+    if args.precision_check:
+        row = precision_check(args.channels[0], args.threads)
+        print(json.dumps(row))
+        print(f"{platform.processor() or platform.machine()}: native bfloat16 {'yes' if row['native_bfloat16'] else 'no'}; "
+              f"spatial product of {row['channels']} channels per second of recording: float32 "
+              f"{row['spatial_float32_s_per_s']:.2f} s, bfloat16 {row['spatial_bfloat16_s_per_s']:.2f} s "
+              f"({row['spatial_bfloat16_s_per_s'] / row['spatial_float32_s_per_s']:.1f}x)")
+        return 0
+    # as the sorter resolves them on this device ('auto'; emulated bfloat16 refused): one row per precision
+    args.dtypes = list(dict.fromkeys(resolve_dtype("inference_dtype", d, torch.device(args.device)) for d in args.dtypes))
 
     if args.one:  # child process: one measure, printed as JSON
         channels, stride, dtype = int(args.one[0]), int(args.one[1]), args.one[2]

@@ -9,6 +9,7 @@ import torch
 
 from spikeinterface_esort import ESortModel
 from spikeinterface_esort.datasets import held_out_performance
+from spikeinterface_esort.device import native_bfloat16, resolve_dtype
 from spikeinterface_esort.network import ESortNetwork, FoldedNetwork
 
 
@@ -52,6 +53,50 @@ def test_model_refolds_when_its_weights_change(small_esort_run):
         model.probabilities(traces)  # CPU
 
 
+NATIVE_BFLOAT16 = native_bfloat16(torch.device("cpu"))
+needs_native_bfloat16 = pytest.mark.skipif(not NATIVE_BFLOAT16, reason="this CPU has no AVX-512 BF16 or AMX: "
+                                           "esort refuses bfloat16 here (emulated, hundreds of times slower)")
+
+
+def test_auto_precision_is_bfloat16_only_where_native(monkeypatch):
+    from spikeinterface_esort import device as device_module
+
+    cpu = torch.device("cpu")
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(device_module, "native_bfloat16", lambda device, native=native: native)
+        assert resolve_dtype("inference_dtype", "auto", cpu) == expected
+        assert resolve_dtype("training_dtype", "auto", cpu) == expected
+        assert resolve_dtype("inference_dtype", "float32", cpu) == "float32"
+    # emulated bfloat16 is refused, naming the parameter and the way out
+    with pytest.raises(ValueError, match=r"'training_dtype'='bfloat16'.*no native bfloat16.*'auto'"):
+        resolve_dtype("training_dtype", "bfloat16", cpu)
+    with pytest.raises(ValueError, match="'inference_dtype'='float16' needs a CUDA device"):
+        resolve_dtype("inference_dtype", "float16", cpu)
+
+
+def test_run_sorter_resolves_auto_precision_and_records_it(small_recording, tmp_path):
+    """'auto' precisions run as the CPU allows, and the model records what ran; bfloat16 where it would be
+    emulated is refused before any work."""
+    import json
+
+    import spikeinterface.sorters as ss
+
+    recording, _, gt_folder = small_recording
+    expected = "bfloat16" if NATIVE_BFLOAT16 else "float32"
+    folder = tmp_path / "auto"
+    ss.run_sorter("esort", recording, folder=folder, annotation_sorting_path=str(gt_folder), train_duration_s=8.0,
+                  epochs=2, training_dtype="auto", inference_dtype="auto")
+    card = json.loads((folder / "sorter_output" / "model" / "model.json").read_text())
+    assert card["params"]["inference_dtype"] == card["params"]["training_dtype"] == expected
+    assert f"inference_dtype: auto -> {expected}" in (folder / "sorter_output" / "esort.log").read_text()
+    if not NATIVE_BFLOAT16:
+        with pytest.raises(Exception, match="no native bfloat16"):
+            ss.run_sorter("esort", recording, folder=tmp_path / "refused", annotation_sorting_path=str(gt_folder),
+                          train_duration_s=8.0, inference_dtype="bfloat16")
+        assert not (tmp_path / "refused" / "sorter_output" / "model").exists()
+
+
+@needs_native_bfloat16
 def test_bfloat16_sorts_like_float32(small_recording, small_esort_run):
     recording, truth, _ = small_recording
     folder, exact = small_esort_run
@@ -151,6 +196,7 @@ def test_thread_tuner_keeps_the_fastest_way(num_chunks):
     torch.set_num_threads(previous)
 
 
+@needs_native_bfloat16
 def test_bfloat16_training_learns_like_float32(small_recording, small_esort_run, tmp_path):
     """Mixed-precision training (training_dtype="bfloat16") reaches the float32 run's held-out accuracy."""
     import spikeinterface.sorters as ss

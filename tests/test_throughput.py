@@ -35,3 +35,14 @@ def test_memory_mode_reads_recordings_generated_on_the_fly(tmp_path, capsys):
     assert all(r["lazy"] and r["peak_rss_mb"] > 50 for r in rows)
     assert not any(tmp_path.glob("rec*"))  # nothing generated to disk
     assert "| 4 |" in capsys.readouterr().out
+
+
+def test_precision_check_times_both_precisions(capsys):
+    import torch
+
+    from spikeinterface_esort.device import native_bfloat16
+
+    assert throughput.main(["--precision-check", "--channels", "8", "--threads", "1"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert row["native_bfloat16"] == native_bfloat16(torch.device("cpu"))
+    assert row["spatial_float32_s_per_s"] > 0 and row["spatial_bfloat16_s_per_s"] > 0
