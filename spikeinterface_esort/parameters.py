@@ -175,7 +175,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Precision of the network's matrix products during training: 'float32', 'bfloat16' (mixed "
               "precision with torch.autocast, weights and optimiser kept in float32; only where the device computes "
               "bfloat16 natively: CPUs with AVX-512 BF16 or AMX, GPUs of compute capability 8.0+; refused elsewhere, "
-              "where it is emulated and hundreds of times slower), or 'auto' (bfloat16 where native, else float32; "
+              "where it is emulated and about 100x slower), or 'auto' (bfloat16 where native, else float32; "
               "see docs/speed.md).",
               choices=TRAINING_DTYPES),
     # inference

@@ -20,7 +20,7 @@ worst unit's difference, and how far spike times move from the exact ones. ``--s
 only that.
 
 ``--precision-check`` only tells whether this CPU computes bfloat16 natively and times the network's spatial
-product in float32 and bfloat16 (where bfloat16 is emulated, hundreds of times slower: esort refuses it there).
+product in float32 and bfloat16 (where bfloat16 is emulated, about 100x slower: esort refuses it there).
 
 ``--memory 60 600 3600`` measures instead one path (the first channel count, stride and dtype given) over
 recordings of those durations, generated chunk by chunk while esort reads them (nothing written to disk):

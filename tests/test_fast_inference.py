@@ -55,7 +55,7 @@ def test_model_refolds_when_its_weights_change(small_esort_run):
 
 NATIVE_BFLOAT16 = native_bfloat16(torch.device("cpu"))
 needs_native_bfloat16 = pytest.mark.skipif(not NATIVE_BFLOAT16, reason="this CPU has no AVX-512 BF16 or AMX: "
-                                           "esort refuses bfloat16 here (emulated, hundreds of times slower)")
+                                           "esort refuses bfloat16 here (emulated, about 100x slower)")
 
 
 def test_auto_precision_is_bfloat16_only_where_native(monkeypatch):
