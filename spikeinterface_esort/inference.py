@@ -105,6 +105,7 @@ class ThreadTuner:
         self.trial = {m: [] for m in range(len(self.modes))}
         self.last = None
         self.chosen = self.modes[0]
+        self.trial_seconds: list[float] = []  # per way, median seconds per sample of its trial chunks
 
     def planned(self, index: int) -> ReadMode:
         """The mode of chunk ``index`` as far as known before chunk ``index - 1`` runs (to decide whether to
@@ -126,8 +127,8 @@ class ThreadTuner:
             self.trial[self.trials[index - 1]].append((now - self.last) / max(1, previous_samples))
         self.last = now
         if index == self.decision:
-            seconds = [float(np.median(self.trial[m])) for m in range(len(self.modes))]
-            self.chosen = self.modes[int(np.argmin(seconds))]
+            self.trial_seconds = [float(np.median(self.trial[m])) for m in range(len(self.modes))]
+            self.chosen = self.modes[int(np.argmin(self.trial_seconds))]
         mode = self.planned(index) if index != self.decision else self.chosen
         torch.set_num_threads(mode.network_threads)
         return mode
@@ -167,8 +168,8 @@ def detect_in_recording(
     are copied to the model's device and filtered there, so that a GPU's sort is bound by reading the file, not
     by the CPU's filter; the spikes are those of the CPU filter (float rounding aside).
     Timings (s) summed in ``timings``: waiting for the traces (reading/preprocessing not hidden by the overlap),
-    network, post-processing; with the tuner, ``network_threads`` (the torch threads it kept) and
-    ``read_ahead`` (1 if it kept reading ahead).
+    network, post-processing; with the tuner, ``network_threads`` (the torch threads it kept), ``read_ahead``
+    (1 if it kept reading ahead) and ``tuner_trials_s_per_s`` (each way's trial, seconds per second of recording).
     """
     device = model.device
     margin_before, margin_after = model.margin_before(stride), model.margin_after(stride)
@@ -213,7 +214,10 @@ def detect_in_recording(
                 # a chunk not read ahead is read now, with every thread (nothing else runs meanwhile)
                 block_start, block = pending.result() if pending is not None else read(job, threads)
                 pending = reader.submit(read, jobs[i + 1], ahead_threads) if read_ahead(i + 1) else None
-                traces = block if filter_on_device else torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
+                if filter_on_device:  # read_block gave a tensor, filtered on the device
+                    traces = block
+                else:
+                    traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
                 t1 = time.perf_counter()
                 probabilities = model.probabilities(traces, stride)
                 _sync(device)
@@ -236,6 +240,9 @@ def detect_in_recording(
                 chosen = tuner.finish()
                 timings["network_threads"] = chosen.network_threads
                 timings["read_ahead"] = int(chosen.prefetch)
+                if tuner.trial_seconds:  # what the choice was made on: seconds per second of recording, per way
+                    fs = recording.get_sampling_frequency()
+                    timings["tuner_trials_s_per_s"] = [round(t * fs, 4) for t in tuner.trial_seconds]
 
     if not jobs:
         empty = np.zeros(0, dtype=np.int64)

@@ -61,11 +61,7 @@ def check_inputs(recording: BaseRecording, params: dict) -> None:
 def resolve_precision(params: dict, device: torch.device) -> dict:
     """``params`` with ``training_dtype`` and ``inference_dtype`` as used on ``device`` ('auto' resolved; see
     ``device.resolve_dtype``, which refuses emulated bfloat16 and float16 off a GPU)."""
-    resolved = {name: resolve_dtype(name, params[name], device) for name in ("training_dtype", "inference_dtype")}
-    for name, value in resolved.items():
-        if params[name] != value:
-            logger.info("%s: %s -> %s on %s", name, params[name], value, device)
-    return dict(params, **resolved)
+    return dict(params, **{name: resolve_dtype(name, params[name], device) for name in ("training_dtype", "inference_dtype")})
 
 
 def chunk_size_from_job_kwargs(recording: BaseRecording, job_kwargs: dict) -> int:
@@ -192,7 +188,10 @@ def fit_model(
     ``backbone``, else from ``pretrained_weights`` when given) and choose its thresholds on the held-out part:
     the model and the split."""
     timer = timer or StepTimer()
-    params = resolve_precision(params, device)
+    requested, params = params, resolve_precision(params, device)
+    for name in ("training_dtype", "inference_dtype"):
+        if params[name] != requested[name]:
+            logger.info("%s: %s -> %s on %s", name, requested[name], params[name], device)
     fs = preprocessed.get_sampling_frequency()
     locations = preprocessed.get_channel_locations()
     split = training_split(window, params)

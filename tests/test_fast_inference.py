@@ -127,6 +127,8 @@ def test_reading_ahead_changes_no_spike(small_recording, small_esort_run):
     in_turn = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=False)
     assert torch.get_num_threads() == threads  # the tuner restores the caller's setting
     assert ahead.timings["read_ahead"] in (0, 1) and "read_ahead" not in in_turn.timings
+    trials = ahead.timings["tuner_trials_s_per_s"]  # what the tuner chose on, one figure per way
+    assert len(trials) == 3 and all(t > 0 for t in trials)
     assert len(ahead.sample_index) > 0
     for name in ("sample_index", "segment_index", "unit_index", "probability"):
         np.testing.assert_array_equal(getattr(ahead, name), getattr(in_turn, name))
@@ -190,6 +192,7 @@ def test_thread_tuner_keeps_the_fastest_way(num_chunks):
             outlier = way is not None and index == 1 + way * trial and trial > 2
             now += 3.0 if outlier else (seconds[way] if way is not None else 0.7)
         assert tuner.finish() == expected
+        assert tuner.modes[int(np.argmin(tuner.trial_seconds))] == expected
         assert torch.get_num_threads() == 2
     assert ThreadTuner(2, num_chunks=4).finish() == ReadMode(True, 2)  # too few chunks to try: all threads
     assert ThreadTuner(1, num_chunks=40).finish() == ReadMode(True, 1)
