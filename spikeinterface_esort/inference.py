@@ -90,6 +90,7 @@ class ThreadTuner:
     one thread, keep the first way. ``finish`` restores the torch threads.
     """
 
+    WAYS = ("read_ahead", "read_ahead_one_core_to_reader", "read_in_turn")  # names of ``modes``, in order
     MIN_CHUNKS = 10
     MAX_TRIAL_CHUNKS = 5
     CHUNKS_PER_TRIAL_CHUNK = 40  # e.g. 200 chunks (200 s at 1 s chunks): 5 chunks per way
@@ -169,7 +170,8 @@ def detect_in_recording(
     by the CPU's filter; the spikes are those of the CPU filter (float rounding aside).
     Timings (s) summed in ``timings``: waiting for the traces (reading/preprocessing not hidden by the overlap),
     network, post-processing; with the tuner, ``network_threads`` (the torch threads it kept), ``read_ahead``
-    (1 if it kept reading ahead) and ``tuner_trials_s_per_s`` (each way's trial, seconds per second of recording).
+    (1 if it kept reading ahead) and, per way of ``ThreadTuner.WAYS``, ``tuner_<way>_s_per_s`` (its trial's
+    seconds per second of recording).
     """
     device = model.device
     margin_before, margin_after = model.margin_before(stride), model.margin_after(stride)
@@ -240,9 +242,9 @@ def detect_in_recording(
                 chosen = tuner.finish()
                 timings["network_threads"] = chosen.network_threads
                 timings["read_ahead"] = int(chosen.prefetch)
-                if tuner.trial_seconds:  # what the choice was made on: seconds per second of recording, per way
-                    fs = recording.get_sampling_frequency()
-                    timings["tuner_trials_s_per_s"] = [round(t * fs, 4) for t in tuner.trial_seconds]
+                fs = recording.get_sampling_frequency()
+                for name, seconds in zip(ThreadTuner.WAYS, tuner.trial_seconds):  # what the choice was made on
+                    timings[f"tuner_{name}_s_per_s"] = round(seconds * fs, 4)
 
     if not jobs:
         empty = np.zeros(0, dtype=np.int64)

@@ -95,7 +95,7 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
         filter_on_device=bool(filter_on_device),
         device=str(model.device), threads=threads,
         prefetch=prefetch, lazy=lazy, network_threads=t.get("network_threads", threads),
-        read_ahead=bool(t.get("read_ahead", prefetch)), tuner_trials_s_per_s=t.get("tuner_trials_s_per_s"),
+        read_ahead=bool(t.get("read_ahead", prefetch)), **{k: v for k, v in t.items() if k.startswith("tuner_")},
         duration_s=seconds,
         rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
         rtf_network_and_postprocessing=seconds / (t["network_s"] + t["postprocessing_s"]),
