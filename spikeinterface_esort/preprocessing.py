@@ -97,14 +97,17 @@ def median_reference_(traces: np.ndarray, threads: int = 1) -> np.ndarray:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             list(pool.map(median_reference_, np.array_split(traces, threads)))  # views: in place
         return traces
-    channels = traces.shape[1]
-    middle = channels // 2
     for first in range(0, traces.shape[0], MEDIAN_BLOCK_SAMPLES):  # the sorted copy stays small (cache-sized)
         block = traces[first : first + MEDIAN_BLOCK_SAMPLES]
-        ordered = np.sort(block, axis=1)
-        median = ordered[:, middle] if channels % 2 else (ordered[:, middle - 1] + ordered[:, middle]) / 2
-        block -= median[:, None]
+        block -= median_of_sorted_rows(np.sort(block, axis=1))[:, None]
     return traces
+
+
+def median_of_sorted_rows(ordered: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """The median of each row of ``ordered`` (samples, channels), sorted along its rows, numpy or torch: the middle
+    value, or the mean of the two middle values for an even channel count (as ``np.median``)."""
+    middle = ordered.shape[1] // 2
+    return ordered[:, middle] if ordered.shape[1] % 2 else (ordered[:, middle - 1] + ordered[:, middle]) / 2
 
 
 class FFTBandpassRecording(BasePreprocessor):
@@ -204,10 +207,7 @@ class FFTBandpassRecordingSegment(BasePreprocessorSegment):
         filtered = torch.fft.irfft(torch.fft.rfft(traces, n=n_fft, dim=0) * gain, n=n_fft, dim=0)
         out = filtered[before : length - after]
         if self.median_reference:
-            ordered = torch.sort(out, dim=1).values  # the median of np.median: mean of the two middle values
-            middle = out.shape[1] // 2
-            median = ordered[:, middle] if out.shape[1] % 2 else (ordered[:, middle - 1] + ordered[:, middle]) / 2
-            out = out - median[:, None]
+            out = out - median_of_sorted_rows(torch.sort(out, dim=1).values)[:, None]
         return out.contiguous()
 
 
