@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -41,6 +42,7 @@ def torch_threads(n_threads: int):
         torch.set_num_threads(previous)
 
 
+@functools.lru_cache(maxsize=None)  # asked once per inference chunk (ESortModel.inference_dtype); hardware is fixed
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively: a CUDA GPU that does (compute capability 8.0 or newer), or
     a CPU with AVX-512 BF16 or AMX. Elsewhere torch emulates it, far slower than float32 (docs/speed.md)."""
