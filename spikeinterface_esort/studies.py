@@ -273,7 +273,8 @@ def conflicts_study(folder: Path, datasets: list[str], teacher: str | None = Non
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m spikeinterface_esort.studies``."""
     parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.studies", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=("drift", "noise", "reuse", "conflicts"))
@@ -284,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["64ch-30u-60s"], choices=list(ACCURACY_DATASETS),
                         help="conflicts study: recordings")
     parser.add_argument("--teacher", help="conflicts study: also esort trained on this sorter's annotations")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     folder = Path(args.folder).absolute() / args.study
     if args.study == "drift":
         rows, first = drift_study(folder, args.seed, options=args.options), ["recording", "sorter"]

@@ -76,6 +76,18 @@ def test_speed_doc_commands_parse():
         build_parser().parse_args(command.split("spikeinterface_esort.throughput", 1)[1].split())
 
 
+def test_study_commands_in_the_docs_parse():
+    """The studies commands of docs/*.md name existing studies, options and datasets."""
+    from spikeinterface_esort.studies import build_parser
+
+    text = "\n".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))
+    lines = "\n".join(fenced_blocks(text, "bash")).replace("\\\n", " ").splitlines()
+    commands = [line for line in lines if "spikeinterface_esort.studies" in line]
+    assert len(commands) >= 3
+    for command in commands:
+        build_parser().parse_args(command.split("spikeinterface_esort.studies", 1)[1].split())
+
+
 def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
     guide = (ROOT / "docs" / "user-guide.md").read_text()
     blocks = fenced_blocks(guide, "python")
