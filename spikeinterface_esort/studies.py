@@ -245,31 +245,28 @@ def conflicts_study(folder: Path, datasets: list[str], teacher: str | None = Non
             held = samples >= start
             matched_held = _matched(samples[held], unit_index[held], values[held],
                                     _trains(truth, truth_ids, start, stop), tolerance)
-            baseline = None
+            resolved = [(0.0, "none", 0, np.ones(len(samples), dtype=bool))]  # the unresolved sorting first
             for window_ms in windows_ms:
                 window = int(round(window_ms * fs / 1000.0))
                 gains = conflict_gains(samples[in_val], unit_index[in_val], values[in_val], matched_val,
                                        len(unit_ids), window)
                 bound = conflict_gains(samples[held], unit_index[held], values[held], matched_held,
                                        len(unit_ids), window)
-                none = np.zeros((len(unit_ids),) * 2, dtype=bool)
-                rules = [("none", none), ("every pair of units", ~np.eye(len(unit_ids), dtype=bool)),
+                rules = [("every pair of units", ~np.eye(len(unit_ids), dtype=bool)),
                          ("pairs with validation gain >= 1", gains >= 1), ("pairs with validation gain >= 2", gains >= 2),
                          ("bound: pairs with gain on the scored half", bound >= 1)]
                 for rule, linked in rules:
-                    if rule == "none" and baseline is not None:
-                        continue
                     keep = resolve_conflicts(torch.from_numpy(samples), torch.from_numpy(unit_index),
                                              torch.from_numpy(values), torch.from_numpy(linked), window).numpy()
-                    kept = NumpySorting(spikes[keep], fs, sorting.unit_ids)
-                    scores = summarise(held_out_performance(kept, truth, start))
-                    if rule == "none":
-                        baseline = scores["accuracy"]
-                    rows.append(dict(recording=name, annotations=annotation,
-                                     window_ms=0.0 if rule == "none" else window_ms, rule=rule,
-                                     linked_pairs=int(linked.sum()) // 2, removed=int((~keep & held).sum()),
-                                     delta=scores["accuracy"] - baseline, **scores))
-                    print(rows[-1], flush=True)
+                    resolved.append((window_ms, rule, int(linked.sum()) // 2, keep))
+            baseline = None
+            for window_ms, rule, linked_pairs, keep in resolved:
+                scores = summarise(held_out_performance(NumpySorting(spikes[keep], fs, sorting.unit_ids), truth, start))
+                baseline = scores["accuracy"] if baseline is None else baseline
+                rows.append(dict(recording=name, annotations=annotation, window_ms=window_ms, rule=rule,
+                                 linked_pairs=linked_pairs, removed=int((~keep & held).sum()),
+                                 delta=scores["accuracy"] - baseline, **scores))
+                print(rows[-1], flush=True)
     return rows
 
 
