@@ -19,7 +19,7 @@ from .device import resolve_dtype
 from .network import ESortNetwork, FoldedNetwork
 from .postprocessing import detect_spikes, detection_margin, strided_taps, triangular_kernel
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: the network may have a local spatial filter (spatial_radius_um); 1 otherwise
 
 
 def find_model_folder(folder: str | Path) -> Path:
@@ -140,8 +140,9 @@ class ESortModel:
     # persistence -------------------------------------------------------------------------
     def card(self) -> dict:
         """JSON description of the model (everything but the weights)."""
+        local = self.network.spatial_radius_um is not None  # a dense network's model reads with format-1 readers
         return dict(
-            format_version=MODEL_FORMAT_VERSION,
+            format_version=MODEL_FORMAT_VERSION if local else 1,
             network=self.network.config(),
             sampling_frequency=self.sampling_frequency,
             channel_ids=self.channel_ids.tolist(),

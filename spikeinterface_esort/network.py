@@ -8,6 +8,10 @@ the sample being classified:
 3. spatial filter: flatten to C*16, Linear(C*16 -> 256), BatchNorm, ReLU;
 4. head: Linear(256 -> N units); a sigmoid gives one independent firing probability per unit.
 
+With ``spatial_radius_um`` the spatial filter is local (not in the paper): the hidden features are split into
+groups, each reading only the channels within that radius of its stretch of the probe (``spatial_neighbourhoods``),
+so that at 384 channels it costs a fraction of the dense product; the mask is kept in the network's state.
+
 Sliding that window one sample at a time is the same as a 1-D convolution of
 kernel T (step 1) followed by 1x1 convolutions (steps 2-4). ``ESortNetwork`` is
 written that way, so one forward pass over a chunk of L >= T samples yields the
@@ -17,6 +21,7 @@ the special case used in training.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,6 +56,7 @@ class ESortNetwork(nn.Module):
         num_units: int,
         temporal_features: tuple[int, int] = (8, 16),
         hidden_size: int = 256,
+        spatial_radius_um: float | None = None,
     ):
         super().__init__()
         if num_channels < 1 or window_samples < 2 or num_units < 1:
@@ -63,6 +69,7 @@ class ESortNetwork(nn.Module):
         self.num_units = int(num_units)
         self.temporal_features = tuple(int(f) for f in temporal_features)
         self.hidden_size = int(hidden_size)
+        self.spatial_radius_um = None if spatial_radius_um is None else float(spatial_radius_um)
         f1, f2 = self.temporal_features
 
         self.temporal1 = nn.Conv1d(1, f1, kernel_size=self.window_samples)
@@ -72,6 +79,27 @@ class ESortNetwork(nn.Module):
         self.spatial = nn.Conv1d(self.num_channels * f2, self.hidden_size, kernel_size=1)
         self.spatial_norm = nn.BatchNorm1d(self.hidden_size)
         self.head = nn.Conv1d(self.hidden_size, self.num_units, kernel_size=1)
+        if self.spatial_radius_um is not None:  # filled by set_channel_locations (or load_state_dict)
+            self.register_buffer("spatial_mask", torch.ones(self.hidden_size, self.num_channels))
+            self.register_buffer("spatial_channel_order", torch.arange(self.num_channels))
+
+    def set_channel_locations(self, channel_locations) -> None:
+        """Make the spatial filter local: each hidden feature reads only the channels within ``spatial_radius_um``
+        of its stretch of the probe (see ``spatial_neighbourhoods``); weights outside are zeroed and stay zero."""
+        if self.spatial_radius_um is None:
+            return
+        mask, order = spatial_neighbourhoods(channel_locations, self.hidden_size, self.spatial_radius_um)
+        with torch.no_grad():
+            self.spatial_mask.copy_(torch.from_numpy(mask))
+            self.spatial_channel_order.copy_(torch.from_numpy(order))
+            self.spatial.weight.copy_(self.spatial_weight()[..., None])
+
+    def spatial_weight(self) -> torch.Tensor:
+        """The spatial filter's weight (hidden, channels * f2), channel-major, masked where the filter is local."""
+        weight = self.spatial.weight[:, :, 0]
+        if self.spatial_radius_um is None:
+            return weight
+        return weight * self.spatial_mask.repeat_interleave(self.temporal_features[1], dim=1)
 
     @property
     def window_center(self) -> int:
@@ -91,7 +119,7 @@ class ESortNetwork(nn.Module):
         x = torch.relu(self.temporal1_norm(x.reshape(batch, channels, -1, length)))
         x = self.temporal2(x.reshape(batch * channels, -1, length))  # (B*C, f2, L')
         x = torch.relu(self.temporal2_norm(x.reshape(batch, channels, -1, length)))
-        x = self.spatial(x.reshape(batch, -1, length))  # channel-major flatten: C*f2
+        x = F.conv1d(x.reshape(batch, -1, length), self.spatial_weight()[..., None], self.spatial.bias)  # flatten C*f2
         return torch.relu(self.spatial_norm(x))
 
     def forward(self, traces: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -126,19 +154,49 @@ class ESortNetwork(nn.Module):
         x = torch.relu(self.temporal2_norm(x.reshape(f2 * batch, channels, 1, 1)))  # (f2*B, C)
         # the spatial filter reads channel-major features (index c * f2 + g): its weight is re-ordered to (g, c)
         x = x.reshape(f2, batch, channels).transpose(0, 1).reshape(batch, f2 * channels)
-        weight = self.spatial.weight[:, :, 0].reshape(-1, channels, f2).transpose(1, 2).reshape(-1, f2 * channels)
+        weight = self.spatial_weight().reshape(-1, channels, f2).transpose(1, 2).reshape(-1, f2 * channels)
         x = torch.relu(self.spatial_norm(F.linear(x, weight, self.spatial.bias)))
         return F.linear(x, self.head.weight[:, :, 0], self.head.bias)
 
     def config(self) -> dict:
-        """Constructor arguments, JSON-serialisable."""
-        return dict(
+        """Constructor arguments, JSON-serialisable (``spatial_radius_um`` only for a local filter, so that the
+        card of a dense network reads as before)."""
+        config = dict(
             num_channels=self.num_channels,
             window_samples=self.window_samples,
             num_units=self.num_units,
             temporal_features=list(self.temporal_features),
             hidden_size=self.hidden_size,
         )
+        if self.spatial_radius_um is not None:
+            config["spatial_radius_um"] = self.spatial_radius_um
+        return config
+
+
+def spatial_neighbourhoods(channel_locations, hidden_size: int, radius_um: float,
+                           group_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Local spatial filter: the mask (hidden_size, channels) of the channels each hidden feature reads, and the
+    channel order along the probe (channels sorted along its longer axis, um).
+
+    The sorted channels are cut into ``hidden_size / group_size`` runs of about equal counts; the ``group_size``
+    features of group g read the channels within ``radius_um`` (along that axis) of run g, a contiguous range of
+    the sorted channels, so that at inference each group is one small matrix product. With fewer channels than
+    groups, or a radius that spans the probe, every feature reads every channel (the dense filter)."""
+    locations = np.asarray(channel_locations, dtype="float64")
+    channels = len(locations)
+    axis = int(np.argmax(np.ptp(locations, axis=0))) if locations.ndim == 2 and locations.shape[1] > 1 else 0
+    depth = locations[:, axis] if locations.ndim == 2 else locations
+    order = np.argsort(depth, kind="stable")
+    sorted_depth = depth[order]
+    groups = max(1, min(hidden_size // group_size, channels))
+    features = np.array_split(np.arange(hidden_size), groups)
+    runs = np.array_split(np.arange(channels), groups)
+    mask = np.zeros((hidden_size, channels), dtype="float32")
+    for rows, run in zip(features, runs):
+        lo = np.searchsorted(sorted_depth, sorted_depth[run[0]] - radius_um, side="left")
+        hi = np.searchsorted(sorted_depth, sorted_depth[run[-1]] + radius_um, side="right")
+        mask[np.ix_(rows, order[lo:hi])] = 1.0
+    return mask, order.astype("int64")
 
 
 # inference: the same network with its batch norms folded into the weights -----------------------
@@ -178,12 +236,25 @@ class FoldedNetwork:
             w2 = network.temporal2.weight.detach()[:, :, 0]  # (f2, f1)
             self.temporal2_weight = (a2[:, None, None] * w2[None]).to(dt).contiguous()  # (C, f2, f1)
             self.temporal2_bias = (a2[:, None] * network.temporal2.bias[None, :] + d2[:, None])[..., None].to(dt)
-            ws = network.spatial.weight.detach()[:, :, 0]  # (H, C*f2)
-            self.spatial_weight = (a3[:, None] * ws).to(dt).contiguous()
-            self.spatial_bias = (a3 * network.spatial.bias + d3)[:, None].to(dt)
-            self.head_weight = network.head.weight.detach()[:, :, 0].to(dt).contiguous()
+            ws = a3[:, None] * network.spatial_weight().detach()  # (H, C*f2)
+            bs = a3 * network.spatial.bias + d3
+            head = network.head.weight.detach()[:, :, 0]
+            self.channel_order = None
+            self.spatial_groups = [(0, ws.shape[0], 0, ws.shape[1])]  # (first, end hidden row, first, end feature)
+            if network.spatial_radius_um is not None:  # local: channels along the probe, one product per group
+                order = network.spatial_channel_order
+                self.channel_order = order
+                self.input_scale, self.temporal1_bias = self.input_scale[order], self.temporal1_bias[order]
+                self.temporal2_weight, self.temporal2_bias = self.temporal2_weight[order], self.temporal2_bias[order]
+                ws = ws.reshape(-1, network.num_channels, f2)[:, order].reshape(ws.shape[0], -1)
+                hidden, self.spatial_groups = local_spatial_groups(network.spatial_mask[:, order], f2)
+                ws, bs, head = ws[hidden], bs[hidden], head[:, hidden]
+            self.spatial_weight = [ws[a:b, lo:hi].to(dt).contiguous() for a, b, lo, hi in self.spatial_groups]
+            self.spatial_bias = bs[:, None].to(dt)
+            self.head_weight = head.to(dt).contiguous()
             self.head_bias = network.head.bias.detach()[:, None].to(dt)
-        self.num_features = self.spatial_weight.shape[1]
+        self.hidden_size = network.hidden_size
+        self.num_features = network.num_channels * f2
 
     def block_windows(self, device: torch.device) -> int:
         """Windows per block: (channels x 16 features x block) about 4 M values on CPU; 64 k windows on GPU."""
@@ -203,7 +274,10 @@ class FoldedNetwork:
         # read in cache-sized tiles (on CPU, much faster than one pass over the whole chunk)
         step = samples if traces.device.type != "cpu" else self.CAST_SLICE_SAMPLES
         for first in range(0, samples, step):
-            torch.mul(traces[:, first : first + step], self.input_scale[:, None], out=x[:, first : first + step])
+            part = traces[:, first : first + step]
+            if self.channel_order is not None:  # channels along the probe (local spatial filter)
+                part = part.index_select(0, self.channel_order)
+            torch.mul(part, self.input_scale[:, None], out=x[:, first : first + step])
         x = x.unsqueeze(1)  # (C, 1, L)
         windows = (samples - self.window_samples) // stride + 1
         block = self.block_windows(traces.device)
@@ -215,9 +289,32 @@ class FoldedNetwork:
             y = torch.relu_(F.conv1d(part, self.temporal1_weight, stride=stride) + self.temporal1_bias)  # (C, f1, n)
             y = torch.relu_(torch.baddbmm(self.temporal2_bias, self.temporal2_weight, y))  # (C, f2, n)
             y = y.reshape(channels * y.shape[1], count)
-            h = torch.relu_(torch.addmm(self.spatial_bias, self.spatial_weight, y))  # (H, n)
+            h = torch.empty((self.hidden_size, count), dtype=self.dtype, device=traces.device)
+            for (a, b, lo, hi), weight in zip(self.spatial_groups, self.spatial_weight):
+                torch.addmm(self.spatial_bias[a:b], weight, y[lo:hi], out=h[a:b])
+            h = torch.relu_(h)  # (H, n)
             out.append(torch.addmm(self.head_bias, self.head_weight, h).float())
         return torch.cat(out, dim=1)
+
+
+def local_spatial_groups(mask: torch.Tensor, features_per_channel: int) -> tuple[torch.Tensor, list[tuple]]:
+    """The groups of a local spatial filter's mask (hidden, channels), channels in probe order: the hidden rows
+    ordered by the range of channels they read, and per group (first row, end row, first feature, end feature)
+    of the ordered rows and of the channel-major features. A row reads the whole range from its first to its
+    last masked channel (the masked-out weights inside it are zero)."""
+    reads = mask > 0
+    channels = torch.arange(mask.shape[1], device=mask.device)
+    first = torch.where(reads, channels, mask.shape[1]).amin(dim=1).clamp(max=mask.shape[1] - 1)
+    end = torch.where(reads, channels + 1, 0).amax(dim=1).clamp(min=1)
+    end = torch.maximum(end, first + 1)
+    hidden = torch.argsort(first * (mask.shape[1] + 1) + end, stable=True)
+    groups = []
+    for row, (lo, hi) in enumerate(zip(first[hidden].tolist(), end[hidden].tolist())):
+        if groups and groups[-1][2:] == (lo * features_per_channel, hi * features_per_channel):
+            groups[-1] = (groups[-1][0], row + 1, *groups[-1][2:])
+        else:
+            groups.append((row, row + 1, lo * features_per_channel, hi * features_per_channel))
+    return hidden, groups
 
 
 def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

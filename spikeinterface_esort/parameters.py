@@ -140,6 +140,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Output sizes of the two temporal filters shared by all channels."),
     Parameter("hidden_size", 256, (int,), "network",
               "Output size of the spatial filter (the last backbone layer).", minimum=1),
+    Parameter("spatial_radius_um", None, (float, None), "network",
+              "Local spatial filter (not in the paper): the hidden features are split into groups of 16, each "
+              "reading only the channels within this distance (um, along the probe) of its stretch of the probe; "
+              "at 384 channels and 100 um the spatial product is about 8x smaller (docs/speed.md). None: every "
+              "feature reads every channel, as published.", minimum=0.0, exclusive=True),
     # training
     Parameter("pretrained_weights", None, (str, None), "training",
               "Start from a pretrained backbone (transfer learning): 'auto' (the shipped backbone of the same "

@@ -2,7 +2,8 @@
 
     python -m spikeinterface_esort.throughput --channels 64 384 --strides 1 2 4 --dtypes float32 auto --duration 20
 
-For each channel count and path (``inference_stride``, ``inference_dtype``), in a fresh process (so that
+For each channel count and path (``inference_stride``, ``inference_dtype``, ``spatial_radius_um`` with
+``--spatial-radii``), in a fresh process (so that
 peak memory is its own): a generated recording (saved binary, 30 kHz) is preprocessed as esort does
 (bandpass + common median reference, with ``--filter-methods``, default the sorter's) and a network with random weights (``units`` = channels / 2) is run
 over it chunk by chunk with ``detect_in_recording``. Printed: real-time factor (seconds of recording per
@@ -18,6 +19,9 @@ held-out accuracy of a full ``run_sorter("esort")`` (trained on the first half w
 network; thresholds chosen with the path), its difference from the exact path (stride 1, float32), the
 worst unit's difference, and how far spike times move from the exact ones. ``--skip-throughput`` runs
 only that.
+
+``--spatial-radii none 100`` adds the paths with the network's local spatial filter (``spatial_radius_um``):
+throughput with random weights masked as a trained local filter is, accuracy from networks trained that way.
 
 ``--precision-check`` only tells whether this CPU computes bfloat16 natively and times the network's spatial
 product in float32 and bfloat16 (where bfloat16 is emulated, about 100x slower: esort refuses it there).
@@ -43,10 +47,11 @@ from .parameters import INFERENCE_DTYPES, PARAMETERS_BY_NAME
 
 def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
             dtype: str = "float32", prefetch: bool = True, lazy: bool = False, filter_method: str | None = None,
-            filter_on_device: bool | None = None) -> dict:
+            filter_on_device: bool | None = None, spatial_radius_um: float | None = None) -> dict:
     """One configuration, in this process. ``lazy``: the recording is generated chunk by chunk as it is read
     (nothing saved; its generation counts in the inference step), for long recordings. ``filter_on_device``:
-    as ``detect_in_recording``'s (default: on a GPU with the FFT filter)."""
+    as ``detect_in_recording``'s (default: on a GPU with the FFT filter). ``spatial_radius_um``: the network's
+    local spatial filter (None: dense)."""
     import numpy as np
     import torch
 
@@ -76,7 +81,9 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     fs = recording.get_sampling_frequency()
     units = channels // 2
     torch.manual_seed(0)
-    network = ESortNetwork(channels, network_window_samples(params["window_ms"], fs), units)
+    network = ESortNetwork(channels, network_window_samples(params["window_ms"], fs), units,
+                           spatial_radius_um=spatial_radius_um)
+    network.set_channel_locations(recording.get_channel_locations())
     model = ESortModel(
         network, fs, recording.channel_ids, recording.get_channel_locations(), np.ones(channels), np.arange(units),
         smoothing_taps(params["smoothing_ms"], fs), thresholds=np.full(units, 0.9), params=dict(inference_dtype=dtype),
@@ -91,7 +98,9 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     seconds = recording.get_total_duration()
     t = detected.timings
     return dict(
-        channels=channels, units=units, stride=stride, dtype=dtype, filter_method=params["filter_method"],
+        channels=channels, units=units, stride=stride, dtype=dtype, spatial_radius_um=spatial_radius_um,
+        spatial_weights_per_feature=network.num_channels if spatial_radius_um is None
+        else float(network.spatial_mask.sum(1).mean()), filter_method=params["filter_method"],
         filter_on_device=bool(filter_on_device),
         device=str(model.device), threads=threads,
         prefetch=prefetch, lazy=lazy, network_threads=t.get("network_threads", threads),
@@ -112,10 +121,11 @@ ACCURACY_DATASETS = {  # name: (channels, units, duration_s, seed, layout)
 }
 
 
-def accuracy_by_path(folder: Path, paths: list[tuple[int, str]], datasets: list[str], threads: int) -> list[dict]:
-    """Held-out accuracy of full ``run_sorter("esort")`` runs per inference path (stride, dtype) against the
-    exact one (stride 1, float32): trained on the ground truth of the first half with the same seed (so the
-    same network), thresholds chosen with the path, as a user gets it; scored on the second half."""
+def accuracy_by_path(folder: Path, paths: list[tuple[int, str, float | None]], datasets: list[str], threads: int) -> list[dict]:
+    """Held-out accuracy of full ``run_sorter("esort")`` runs per path (stride, dtype, spatial radius) against the
+    exact one (stride 1, float32, dense): trained on the ground truth of the first half with the same seed (the
+    same network, for the dense paths), thresholds chosen with the path, as a user gets it; scored on the second
+    half."""
     import spikeinterface_esort  # noqa: F401  (registers "esort")
 
     from .datasets import generate_dataset, sort_and_score
@@ -127,15 +137,16 @@ def accuracy_by_path(folder: Path, paths: list[tuple[int, str]], datasets: list[
         recording, ground_truth = generate_dataset(sub, channels, units, duration_s, seed=seed, layout=layout)
         start = int(duration_s / 2 * recording.get_sampling_frequency())
         sortings, per_unit, dataset_rows = [], [], []
-        for stride, dtype in paths:
-            out = sub / f"esort_stride{stride}_{dtype}"
+        for stride, dtype, radius in paths:
+            out = sub / (f"esort_stride{stride}_{dtype}" + ("" if radius is None else f"_radius{radius:g}"))
             sorting, scores, performance = sort_and_score(
                 "esort", recording, ground_truth, out, start, annotation_sorting_path=str(sub / "ground_truth"),
                 train_duration_s=duration_s / 2, inference_stride=stride, inference_dtype=dtype,
-                job_kwargs=dict(n_jobs=threads),
+                spatial_radius_um=radius, job_kwargs=dict(n_jobs=threads),
             )
             timings = json.loads((out / "sorter_output" / "timings.json").read_text())
-            dataset_rows.append(dict(dataset=name, stride=stride, dtype=dtype, inference_s=timings["inference"],
+            dataset_rows.append(dict(dataset=name, stride=stride, dtype=dtype, spatial_radius_um=radius,
+                                     training_s=timings["training"], inference_s=timings["inference"],
                                      rtf_inference_step=recording.get_total_duration() / timings["inference"], **scores))
             sortings.append(sorting)
             per_unit.append(performance["accuracy"])
@@ -173,9 +184,10 @@ def timing_error(reference, other, max_samples: int = 12) -> dict:
 
 
 def _child(folder: Path, args, channels: int, stride: int, dtype: str, duration: float, lazy: bool = False,
-           filter_method: str | None = None) -> dict:
+           filter_method: str | None = None, radius: float | None = None) -> dict:
     """``measure`` in a fresh process (so that its peak memory is its own)."""
     command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride), dtype,
+               "--spatial-radii", "none" if radius is None else f"{radius:g}",
                "--duration", str(duration), "--device", args.device, "--threads", str(args.threads),
                "--folder", str(folder), "--filter-methods", filter_method or args.filter_methods[0]]
     command += ["--no-prefetch"] if args.no_prefetch else []
@@ -187,15 +199,16 @@ def _child(folder: Path, args, channels: int, stride: int, dtype: str, duration:
 
 def memory_by_duration(folder: Path, args) -> int:
     """Peak RSS and real-time factor of one path over recordings of growing duration (generated while read)."""
-    channels, stride, dtype = args.channels[0], args.strides[0], args.dtypes[0]
+    channels, stride, dtype, radius = args.channels[0], args.strides[0], args.dtypes[0], args.spatial_radii[0]
     rows = []
     for duration in args.memory:
-        rows.append(_child(folder, args, channels, stride, dtype, duration, lazy=True))
+        rows.append(_child(folder, args, channels, stride, dtype, duration, lazy=True, radius=radius))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "memory.json").write_text(json.dumps(dict(memory=rows), indent=2))
         print(f"{duration:g} s: peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
     print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}; "
-          f"{channels} channels, stride {stride}, {dtype}, filter {args.filter_methods[0]}; recording generated while read\n")
+          f"{channels} channels, stride {stride}, {dtype}, {_radius_text(radius)} spatial filter, filter "
+          f"{args.filter_methods[0]}; recording generated while read\n")
     print("| duration (s) | inference step incl. generation + filter (x RT) | wall (s) | spikes kept | peak RSS (MB) |")
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
@@ -226,10 +239,24 @@ def precision_check(channels: int, threads: int, windows: int = 256) -> dict:
     return row
 
 
-def _paths(strides: list[int], dtypes: list[str]) -> list[tuple[int, str]]:
-    """(stride, dtype) pairs, the exact path (1, float32) first."""
-    paths = [(1, "float32")] + [(s, d) for d in dtypes for s in strides]
+def _paths(strides: list[int], dtypes: list[str], radii: list[float | None] = (None,)) -> list[tuple[int, str, float | None]]:
+    """(stride, dtype, spatial radius) triples, the exact path (1, float32, dense) first."""
+    paths = [(1, "float32", None)] + [(s, d, r) for r in radii for d in dtypes for s in strides]
     return list(dict.fromkeys(paths))
+
+
+def _radius(text: str) -> float | None:
+    """A ``--spatial-radii`` value: 'none' (the dense spatial filter) or a radius in um."""
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a spatial radius must be 'none' or > 0 um, got {text}")
+    return value
+
+
+def _radius_text(radius: float | None) -> str:
+    return "dense" if radius is None else f"{radius:g} um"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "auto"], choices=INFERENCE_DTYPES,
                         help="inference_dtype values (auto: bfloat16 where --device computes it natively, else "
                              "float32; bfloat16 is refused where emulated; float16: GPU only)")
+    parser.add_argument("--spatial-radii", type=_radius, nargs="+", default=[None], metavar="UM",
+                        help="spatial_radius_um values ('none': the dense spatial filter, the default)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of recording per measure")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--filter-methods", nargs="+", default=[PARAMETERS_BY_NAME["filter_method"].default],
@@ -289,20 +318,22 @@ def main(argv: list[str] | None = None) -> int:
         channels, stride, dtype = int(args.one[0]), int(args.one[1]), args.one[2]
         print(json.dumps(measure(folder, channels, stride, args.duration, args.device, args.threads, dtype,
                                  not args.no_prefetch, args.lazy, args.filter_methods[0],
-                                 True if args.filter_on_device else None)))
+                                 True if args.filter_on_device else None, args.spatial_radii[0])))
         return 0
     if args.memory:
         return memory_by_duration(folder, args)
 
-    paths = _paths(args.strides, args.dtypes)
+    paths = _paths(args.strides, args.dtypes, args.spatial_radii)
     rows = []
     for channels in [] if args.skip_throughput else args.channels:
         for filter_method in args.filter_methods:
-            for stride, dtype in paths:
-                rows.append(_child(folder, args, channels, stride, dtype, args.duration, filter_method=filter_method))
+            for stride, dtype, radius in paths:
+                rows.append(_child(folder, args, channels, stride, dtype, args.duration, filter_method=filter_method,
+                                   radius=radius))
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows), indent=2))
-                print(f"{channels} channels, {filter_method}, stride {stride}, {dtype}: inference step "
+                print(f"{channels} channels, {filter_method}, stride {stride}, {dtype}, {_radius_text(radius)} "
+                      f"spatial filter: inference step "
                       f"{rows[-1]['rtf_inference']:.2f}x real time", flush=True)
     accuracy = accuracy_by_path(folder, paths, args.datasets, args.threads) if args.accuracy else []
     folder.mkdir(parents=True, exist_ok=True)
@@ -310,28 +341,33 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\n{platform.processor() or platform.machine()}, torch threads {args.threads}, device {args.device}\n")
     if rows:
-        print("| channels | units | device | filter | stride | dtype | network (x RT) | post-processing (x RT) | "
+        print("| channels | units | device | filter | stride | dtype | spatial filter (channels per feature) | "
+              "network (x RT) | post-processing (x RT) | "
               "network + post-processing (x RT) | inference step incl. read + filter (x RT) | "
               "waiting for read + filter (s per s) | network threads (tuner's choice) | peak RSS (MB) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
             filter_name = r["filter_method"] + (" on device" if r.get("filter_on_device") else "")
             print(f"| {r['channels']} | {r['units']} | {r['device']} | {filter_name} | {r['stride']} | {r['dtype']} | "
+                  f"{_radius_text(r['spatial_radius_um'])} ({r['spatial_weights_per_feature']:.0f}) | "
                   f"{r['rtf_network']:.2f} | {r['rtf_postprocessing']:.1f} | {r['rtf_network_and_postprocessing']:.2f} | "
                   f"{r['rtf_inference']:.2f} | {r['read_s'] / r['duration_s']:.3f} | {r['network_threads']}"
                   f"{'' if r.get('read_ahead', True) else ', no read-ahead'} | "
                   f"{r['peak_rss_mb']:.0f} |")
     if accuracy:
-        print("\n| dataset | stride | dtype | held-out accuracy | delta vs exact | worst unit's delta | precision | "
-              "recall | inference step (x RT) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| dataset | stride | dtype | spatial filter | held-out accuracy | delta vs exact | worst unit's delta | "
+              "precision | recall | training (s) | inference step (x RT) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in accuracy:
-            print(f"| {r['dataset']} | {r['stride']} | {r['dtype']} | {r['accuracy']:.3f} | {r['accuracy_delta']:+.3f} | "
-                  f"{r['worst_unit_delta']:+.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['rtf_inference_step']:.2f} |")
-        print("\n| dataset | stride | dtype | spike times equal to exact | median error | mean error | 95th percentile |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+            print(f"| {r['dataset']} | {r['stride']} | {r['dtype']} | {_radius_text(r['spatial_radius_um'])} | "
+                  f"{r['accuracy']:.3f} | {r['accuracy_delta']:+.3f} | {r['worst_unit_delta']:+.3f} | "
+                  f"{r['precision']:.3f} | {r['recall']:.3f} | {r['training_s']:.1f} | {r['rtf_inference_step']:.2f} |")
+        print("\n| dataset | stride | dtype | spatial filter | spike times equal to exact | median error | mean error | "
+              "95th percentile |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in accuracy:
-            print(f"| {r['dataset']} | {r['stride']} | {r['dtype']} | {100 * r['time_equal_fraction']:.0f} % | "
+            print(f"| {r['dataset']} | {r['stride']} | {r['dtype']} | {_radius_text(r['spatial_radius_um'])} | "
+                  f"{100 * r['time_equal_fraction']:.0f} % | "
                   f"{r['time_error_median']:g} samples | {r['time_error_mean']:.2f} samples | "
                   f"{r['time_error_p95']:g} samples |")
     return 0

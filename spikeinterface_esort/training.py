@@ -326,11 +326,18 @@ def fit_network(
 
     torch.manual_seed(params["seed"])
     network = ESortNetwork(
-        traces.shape[1], window_samples, annotations.num_units, tuple(params["temporal_features"]), params["hidden_size"]
+        traces.shape[1], window_samples, annotations.num_units, tuple(params["temporal_features"]), params["hidden_size"],
+        params.get("spatial_radius_um"),
     )
     transfer = None
     if backbone is not None:
         transfer = transfer_backbone(network, backbone, channel_locations, sampling_frequency)
+    if network.spatial_radius_um is not None:
+        if channel_locations is None:
+            raise ValueError("esort parameter 'spatial_radius_um' needs the recording's channel locations (attach its probe).")
+        network.set_channel_locations(channel_locations)
+        logger.info("training: local spatial filter, %d of %d channel weights per feature on average (radius %g um)",
+                    round(float(network.spatial_mask.sum(1).mean())), network.num_channels, network.spatial_radius_um)
     frozen = freeze_layers(network, params["freeze_layers"])
     if frozen:
         logger.info("training: frozen layers %s", frozen)

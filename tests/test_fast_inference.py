@@ -213,3 +213,74 @@ def test_bfloat16_training_learns_like_float32(small_recording, small_esort_run,
     mixed_accuracy = held_out_performance(mixed, truth, start)["accuracy"].mean()
     assert mixed_accuracy >= 0.8
     assert abs(mixed_accuracy - exact_accuracy) <= 0.05
+
+
+# the local spatial filter (spatial_radius_um) ---------------------------------------------------------------
+
+def test_local_spatial_filter_reads_only_channels_near_its_stretch_of_the_probe():
+    from spikeinterface_esort.datasets import make_probe
+    from spikeinterface_esort.network import spatial_neighbourhoods
+
+    locations = make_probe("np1", 384).contact_positions  # channels column by column: not in depth order
+    mask, order = spatial_neighbourhoods(locations, 256, 100.0)
+    depth = locations[:, 1]
+    assert np.all(np.diff(depth[order]) >= 0) and sorted(order) == list(range(384))
+    assert mask.sum(axis=0).min() >= 16  # every channel is read by at least one group of 16 features
+    assert 30 < mask.sum(axis=1).mean() < 60  # about 43 of 384 channels per feature: ~9x fewer weights
+    for row in mask:  # each feature reads a contiguous stretch of the probe, at most 2 x 100 um + its run
+        read = depth[row > 0]
+        assert np.all(np.isin(depth[(depth >= read.min()) & (depth <= read.max())], read))
+        assert np.ptp(read) <= 2 * 100.0 + 3840 / 16
+    dense, _ = spatial_neighbourhoods(locations, 256, 4000.0)  # a radius spanning the probe: the dense filter
+    assert dense.min() == 1.0
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_folded_local_network_equals_the_network(stride):
+    """The local filter's grouped products (channels re-ordered along the probe) give the masked network's
+    logits, in the convolutional and the training (single-window) forms."""
+    from spikeinterface_esort.datasets import make_probe
+
+    torch.manual_seed(2)
+    network = ESortNetwork(48, 30, 5, spatial_radius_um=30.0)
+    network.set_channel_locations(make_probe("np1", 48).contact_positions)
+    assert (network.spatial.weight[:, :, 0] == network.spatial_weight()).all()  # masked weights zeroed
+    assert (network.spatial_mask == 0).any() and len(FoldedNetwork(network).spatial_groups) > 1
+    for norm in (network.temporal1_norm, network.temporal2_norm, network.spatial_norm):
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.3, 3)
+        norm.weight.data.uniform_(-1.5, 1.5)
+    network.spatial.weight.data.normal_()  # as if trained: the folded network must mask again
+    network.eval()
+    traces = torch.randn(2000, 48)
+    with torch.no_grad():
+        expected = network(traces.T.unsqueeze(0), stride)[0]
+        windows = traces[:30, None, :]  # (samples, batch, channels)
+        torch.testing.assert_close(network.forward_windows(windows)[0], expected[:, 0], rtol=1e-4, atol=1e-4)
+    got = FoldedNetwork(network)(traces.T, stride)  # a transposed view, as inference reads it
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_run_sorter_with_a_local_spatial_filter(small_recording, tmp_path):
+    """A local spatial filter trains (masked weights stay zero), sorts, is saved with its mask and sorts the same
+    after loading."""
+    import spikeinterface.sorters as ss
+
+    recording, truth, gt_folder = small_recording
+    folder = tmp_path / "local"
+    sorting = ss.run_sorter("esort", recording, folder=folder, annotation_sorting_path=str(gt_folder),
+                            train_duration_s=8.0, spatial_radius_um=10.0)  # 4 columns of 2 channels, 60 um wide: each group reads a column
+    import json
+
+    card = json.loads((folder / "sorter_output" / "model" / "model.json").read_text())
+    assert card["format_version"] == 2 and card["network"]["spatial_radius_um"] == 10.0  # readers of format 1 refuse it
+    model = ESortModel.load(folder)
+    assert model.network.spatial_radius_um == 10.0
+    assert model.network.spatial_mask.sum(dim=1).max() == 2
+    assert (model.network.spatial.weight[:, :, 0][model.network.spatial_weight() == 0] == 0).all()
+    assert "local spatial filter, 2 of 8 channel weights per feature" in (folder / "sorter_output" / "esort.log").read_text()
+    accuracy = held_out_performance(sorting, truth, 8 * 30000)["accuracy"]
+    assert accuracy.mean() >= 0.8
+    again = model.sort(recording)
+    for unit_id in sorting.unit_ids:
+        np.testing.assert_array_equal(again.get_unit_spike_train(unit_id), sorting.get_unit_spike_train(unit_id))

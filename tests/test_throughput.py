@@ -27,6 +27,16 @@ def test_throughput_table_has_a_row_per_path(tmp_path, capsys):
     assert "| 8 | 4 | cpu | fft on device | 2 | float32 |" in capsys.readouterr().out
 
 
+def test_throughput_measures_the_local_spatial_filter(tmp_path, capsys):
+    assert throughput.main(["--channels", "8", "--strides", "2", "--dtypes", "float32", "--duration", "3",
+                            "--threads", "1", "--folder", str(tmp_path), "--spatial-radii", "none", "10"]) == 0
+    rows = json.loads((tmp_path / "throughput.json").read_text())["throughput"]
+    assert [(r["stride"], r["spatial_radius_um"]) for r in rows] == [(1, None), (2, None), (2, 10.0)]
+    assert [r["spatial_weights_per_feature"] for r in rows] == [8, 8, 2.0]  # 4 columns of 2 channels
+    out = capsys.readouterr().out
+    assert "| 8 | 4 | cpu | fft | 2 | float32 | dense (8) |" in out and "| 8 | 4 | cpu | fft | 2 | float32 | 10 um (2) |" in out
+
+
 def test_memory_mode_reads_recordings_generated_on_the_fly(tmp_path, capsys):
     assert throughput.main(["--channels", "8", "--strides", "1", "--dtypes", "float32", "--threads", "1",
                             "--memory", "2", "4", "--folder", str(tmp_path)]) == 0
