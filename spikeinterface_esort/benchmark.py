@@ -15,8 +15,8 @@ for its plots). The sorters (``SORTERS``):
 
 - ``esort_ground_truth``: esort trained on the ground truth of the annotation window (the paper's setting);
 - ``esort_fast``: ``esort_ground_truth`` with the fast settings (``FAST_ESORT_PARAMS``: training capped at 10
-  epochs, inference at stride 2, both in bfloat16 where the device computes it natively, else float32; not in
-  the default list);
+  epochs, the local spatial filter of 100 um, inference at stride 2, both in bfloat16 where the device computes
+  it natively, else float32; not in the default list);
 - ``esort_teacher``: esort trained on a teacher sorter run on the annotation window (the real-data setting;
   ``teacher``, default spykingcircus2);
 - ``kilosort4`` (CPU or GPU, when installed), ``spykingcircus2``, ``tridesclous2``; any other installed
@@ -86,9 +86,10 @@ PRESETS = {
 }
 
 SORTERS = ("esort_ground_truth", "esort_teacher", "kilosort4", "spykingcircus2", "tridesclous2")
-# esort_fast: esort_ground_truth with training capped at 10 epochs and the fast inference path, in bfloat16
-# where native (docs/speed.md); not in the default list
-FAST_ESORT_PARAMS = dict(training_dtype="auto", epochs=10, inference_dtype="auto", inference_stride=2)
+# esort_fast: esort_ground_truth with training capped at 10 epochs, the local spatial filter and the fast
+# inference path, in bfloat16 where native (docs/speed.md); not in the default list
+FAST_ESORT_PARAMS = dict(training_dtype="auto", epochs=10, inference_dtype="auto", inference_stride=2,
+                         spatial_radius_um=100.0)
 
 
 @dataclass

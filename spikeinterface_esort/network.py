@@ -152,11 +152,27 @@ class ESortNetwork(nn.Module):
         x = torch.relu(self.temporal1_norm(x.reshape(f1 * batch, channels, 1, 1)))
         x = torch.addmm(self.temporal2.bias[:, None], self.temporal2.weight[:, :, 0], x.reshape(f1, batch * channels))
         x = torch.relu(self.temporal2_norm(x.reshape(f2 * batch, channels, 1, 1)))  # (f2*B, C)
-        # the spatial filter reads channel-major features (index c * f2 + g): its weight is re-ordered to (g, c)
-        x = x.reshape(f2, batch, channels).transpose(0, 1).reshape(batch, f2 * channels)
-        weight = self.spatial_weight().reshape(-1, channels, f2).transpose(1, 2).reshape(-1, f2 * channels)
-        x = torch.relu(self.spatial_norm(F.linear(x, weight, self.spatial.bias)))
+        if self.spatial_radius_um is not None:  # one small product per group of the local filter
+            order, hidden, groups = self._local_groups()
+            x = LocalSpatialProduct.apply(x.reshape(f2, batch, channels), self.spatial_weight(), self.spatial.bias,
+                                          order, hidden, groups)
+        else:
+            # the spatial filter reads channel-major features (index c * f2 + g): its weight is re-ordered to (g, c)
+            x = x.reshape(f2, batch, channels).transpose(0, 1).reshape(batch, f2 * channels)
+            weight = self.spatial_weight().reshape(-1, channels, f2).transpose(1, 2).reshape(-1, f2 * channels)
+            x = F.linear(x, weight, self.spatial.bias)
+        x = torch.relu(self.spatial_norm(x))
         return F.linear(x, self.head.weight[:, :, 0], self.head.bias)
+
+    def _local_groups(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
+        """The local filter's channel order, hidden order and groups (``local_spatial_groups``), cached until the
+        mask changes."""
+        key = (self.spatial_mask.data_ptr(), self.spatial_mask._version, self.spatial_channel_order._version)
+        if getattr(self, "_groups_cache", (None,))[0] != key:
+            order = self.spatial_channel_order
+            hidden, groups = local_spatial_groups(self.spatial_mask[:, order], self.temporal_features[1])
+            self._groups_cache = (key, (order, hidden, groups))
+        return self._groups_cache[1]
 
     def config(self) -> dict:
         """Constructor arguments, JSON-serialisable (``spatial_radius_um`` only for a local filter, so that the
@@ -315,6 +331,55 @@ def local_spatial_groups(mask: torch.Tensor, features_per_channel: int) -> tuple
         else:
             groups.append((row, row + 1, lo * features_per_channel, hi * features_per_channel))
     return hidden, groups
+
+
+class LocalSpatialProduct(torch.autograd.Function):
+    """The local spatial filter of a batch of single windows, one product per group (the training form).
+
+    ``features`` (f2, batch, channels), ``weight`` (hidden, channels * f2) channel-major and masked, ``bias``
+    (hidden,); ``order``, ``hidden`` and ``groups`` from ``local_spatial_groups`` (channels along the probe).
+    Returns (batch, hidden): ``features`` flattened channel-major times ``weight``.T plus ``bias``, at the cost of
+    the groups' products instead of the dense one, forward and backward. Under ``torch.autocast`` the products
+    run in the autocast precision, as ``F.linear`` would.
+    """
+
+    @staticmethod
+    def forward(ctx, features, weight, bias, order, hidden, groups):
+        f2, batch, channels = features.shape
+        dtype = features.dtype
+        if torch.is_autocast_enabled(features.device.type):
+            dtype = torch.get_autocast_dtype(features.device.type)
+        # channels along the probe, channel-major (batch, channels * f2); hidden rows in group order
+        x = features.permute(1, 2, 0).index_select(1, order).reshape(batch, channels * f2).to(dtype)
+        w = weight.reshape(-1, channels, f2).index_select(1, order).reshape(weight.shape[0], -1)[hidden].to(dtype)
+        out = torch.empty((weight.shape[0], batch), dtype=dtype, device=features.device)  # (hidden in group order, B)
+        for a, b, lo, hi in groups:
+            torch.mm(w[a:b, lo:hi], x[:, lo:hi].t(), out=out[a:b])
+        result = torch.empty((batch, weight.shape[0]), dtype=dtype, device=features.device)
+        result[:, hidden] = out.t()
+        ctx.save_for_backward(x, w, order, hidden)
+        ctx.groups, ctx.shape, ctx.dtypes = groups, (f2, batch, channels), (features.dtype, weight.dtype)
+        return result + bias.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, order, hidden = ctx.saved_tensors
+        f2, batch, channels = ctx.shape
+        grad_t = grad.to(x.dtype).t()[hidden]  # (hidden in group order, B)
+        grad_x = torch.zeros_like(x)
+        grad_w = torch.zeros_like(w)
+        for a, b, lo, hi in ctx.groups:
+            grad_x[:, lo:hi].addmm_(grad_t[a:b].t(), w[a:b, lo:hi])
+            torch.mm(grad_t[a:b], x[:, lo:hi], out=grad_w[a:b, lo:hi])
+        features_dtype, weight_dtype = ctx.dtypes
+        grad_features = torch.empty((batch, channels, f2), dtype=features_dtype, device=x.device)
+        grad_features[:, order] = grad_x.reshape(batch, channels, f2).to(features_dtype)
+        grad_weight = torch.empty((w.shape[0], channels, f2), dtype=weight_dtype, device=x.device)
+        unsorted = torch.empty_like(grad_weight)
+        unsorted[:, order] = grad_w.reshape(-1, channels, f2).to(weight_dtype)
+        grad_weight[hidden] = unsorted
+        return (grad_features.permute(2, 0, 1), grad_weight.reshape(w.shape[0], -1), grad.sum(0).to(ctx.dtypes[1]),
+                None, None, None)
 
 
 def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

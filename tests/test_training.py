@@ -79,3 +79,41 @@ def test_training_forward_equals_the_convolutional_network_with_and_without_drif
                                    atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="12 samples x 16 channels"):
         network.forward_windows(torch.randn(13, 4, 16))
+
+
+def test_local_spatial_product_gives_the_masked_products_and_their_gradients():
+    """The local filter's grouped training product (channels re-ordered along the probe, one product per group)
+    equals the masked dense product, forward and backward (gradcheck in float64), and so do the networks'
+    training forms; masked weights get no gradient."""
+    from spikeinterface_esort.datasets import make_probe
+    from spikeinterface_esort.network import ESortNetwork, LocalSpatialProduct
+
+    locations = make_probe("np1", 32).contact_positions  # channels column by column, not in depth order
+    torch.manual_seed(0)
+    network = ESortNetwork(32, 12, 3, temporal_features=(4, 3), hidden_size=32, spatial_radius_um=30.0)
+    network.set_channel_locations(locations)
+    order, hidden, groups = network._local_groups()
+    assert len(groups) == 2 and network.spatial_mask.sum(1).max() < 32
+    features = torch.randn(3, 5, 32, dtype=torch.float64, requires_grad=True)  # (f2, batch, channels)
+    weight = network.spatial_weight().detach().double().requires_grad_()
+    bias = torch.randn(32, dtype=torch.float64, requires_grad=True)
+    dense = features.permute(1, 2, 0).reshape(5, -1) @ weight.t() + bias  # channel-major flatten
+    torch.testing.assert_close(LocalSpatialProduct.apply(features, weight, bias, order, hidden, groups), dense)
+    assert torch.autograd.gradcheck(lambda f, w, b: LocalSpatialProduct.apply(f, w, b, order, hidden, groups),
+                                    (features, weight, bias), fast_mode=True)
+
+    windows = torch.randn(12, 64, 32)
+    mixing = DriftAugmentation(locations, max_shift_um=10.0, device=torch.device("cpu")).draw(np.random.default_rng(0))
+    network.train()
+    local = network.forward_windows(windows, mixing)
+    local.square().sum().backward()
+    grad = network.spatial.weight.grad[:, :, 0].clone()
+    assert (grad[network.spatial_weight() == 0] == 0).all() and grad.abs().sum() > 0
+    network.zero_grad()
+    network.spatial_radius_um = None  # the same masked weights through the dense product
+    network.spatial.weight.data[:, :, 0] = network.spatial_weight() * network.spatial_mask.repeat_interleave(3, dim=1)
+    dense = network.forward_windows(windows, mixing)
+    dense.square().sum().backward()
+    torch.testing.assert_close(local, dense, atol=1e-5, rtol=1e-4)
+    masked = network.spatial.weight.grad[:, :, 0] * network.spatial_mask.repeat_interleave(3, dim=1)
+    torch.testing.assert_close(grad, masked, atol=1e-4, rtol=1e-4)
