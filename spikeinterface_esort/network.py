@@ -196,8 +196,9 @@ def spatial_neighbourhoods(channel_locations, hidden_size: int, radius_um: float
 
     The sorted channels are cut into ``hidden_size / group_size`` runs of about equal counts; the ``group_size``
     features of group g read the channels within ``radius_um`` (along that axis) of run g, a contiguous range of
-    the sorted channels, so that at inference each group is one small matrix product. With fewer channels than
-    groups, or a radius that spans the probe, every feature reads every channel (the dense filter)."""
+    the sorted channels, so that at inference each group is one small matrix product (with fewer channels than
+    groups, one run per channel). With a radius that spans the probe every feature reads every channel (the dense
+    filter)."""
     locations = np.asarray(channel_locations, dtype="float64")
     channels = len(locations)
     axis = int(np.argmax(np.ptp(locations, axis=0))) if locations.ndim == 2 and locations.shape[1] > 1 else 0
@@ -346,9 +347,7 @@ class LocalSpatialProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features, weight, bias, order, hidden, groups):
         f2, batch, channels = features.shape
-        dtype = features.dtype
-        if torch.is_autocast_enabled(features.device.type):
-            dtype = torch.get_autocast_dtype(features.device.type)
+        dtype = _autocast_dtype(features.device.type) or features.dtype
         # channels along the probe, channel-major (batch, channels * f2); hidden rows in group order
         x = features.permute(1, 2, 0).index_select(1, order).reshape(batch, channels * f2).to(dtype)
         w = weight.reshape(-1, channels, f2).index_select(1, order).reshape(weight.shape[0], -1)[hidden].to(dtype)
@@ -380,6 +379,15 @@ class LocalSpatialProduct(torch.autograd.Function):
         grad_weight[hidden] = unsorted
         return (grad_features.permute(2, 0, 1), grad_weight.reshape(w.shape[0], -1), grad.sum(0).to(ctx.dtypes[1]),
                 None, None, None)
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The precision ``torch.autocast`` computes products in on ``device_type`` now; None outside autocast."""
+    if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:

@@ -143,7 +143,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("spatial_radius_um", None, (float, None), "network",
               "Local spatial filter (not in the paper): the hidden features are split into groups of 16, each "
               "reading only the channels within this distance (um, along the probe) of its stretch of the probe; "
-              "at 384 channels and 100 um the spatial product is about 8x smaller (docs/speed.md). None: every "
+              "at 384 channels and 100 um each feature reads 43-62 of the 384 channels (docs/speed.md). None: every "
               "feature reads every channel, as published.", minimum=0.0, exclusive=True),
     # training
     Parameter("pretrained_weights", None, (str, None), "training",

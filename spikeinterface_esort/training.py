@@ -336,7 +336,7 @@ def fit_network(
         if channel_locations is None:
             raise ValueError("esort parameter 'spatial_radius_um' needs the recording's channel locations (attach its probe).")
         network.set_channel_locations(channel_locations)
-        logger.info("training: local spatial filter, %d of %d channel weights per feature on average (radius %g um)",
+        logger.info("training: local spatial filter, each feature reads %d of %d channels on average (radius %g um)",
                     round(float(network.spatial_mask.sum(1).mean())), network.num_channels, network.spatial_radius_um)
     frozen = freeze_layers(network, params["freeze_layers"])
     if frozen:

@@ -278,7 +278,7 @@ def test_run_sorter_with_a_local_spatial_filter(small_recording, tmp_path):
     assert model.network.spatial_radius_um == 10.0
     assert model.network.spatial_mask.sum(dim=1).max() == 2
     assert (model.network.spatial.weight[:, :, 0][model.network.spatial_weight() == 0] == 0).all()
-    assert "local spatial filter, 2 of 8 channel weights per feature" in (folder / "sorter_output" / "esort.log").read_text()
+    assert "local spatial filter, each feature reads 2 of 8 channels" in (folder / "sorter_output" / "esort.log").read_text()
     accuracy = held_out_performance(sorting, truth, 8 * 30000)["accuracy"]
     assert accuracy.mean() >= 0.8
     again = model.sort(recording)

@@ -101,6 +101,10 @@ def test_local_spatial_product_gives_the_masked_products_and_their_gradients():
     torch.testing.assert_close(LocalSpatialProduct.apply(features, weight, bias, order, hidden, groups), dense)
     assert torch.autograd.gradcheck(lambda f, w, b: LocalSpatialProduct.apply(f, w, b, order, hidden, groups),
                                     (features, weight, bias), fast_mode=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: the products in bfloat16, as F.linear's
+        low = LocalSpatialProduct.apply(features.float(), weight.float(), bias.float(), order, hidden, groups)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.double(), dense, atol=0.05 * dense.abs().max().item(), rtol=0.0)
 
     windows = torch.randn(12, 64, 32)
     mixing = DriftAugmentation(locations, max_shift_um=10.0, device=torch.device("cpu")).draw(np.random.default_rng(0))
