@@ -153,7 +153,7 @@ class ESortNetwork(nn.Module):
         x = torch.addmm(self.temporal2.bias[:, None], self.temporal2.weight[:, :, 0], x.reshape(f1, batch * channels))
         x = torch.relu(self.temporal2_norm(x.reshape(f2 * batch, channels, 1, 1)))  # (f2*B, C)
         if self.spatial_radius_um is not None:  # one small product per group of the local filter
-            order, hidden, groups = self._local_groups()
+            order, hidden, groups = self.local_groups()
             x = LocalSpatialProduct.apply(x.reshape(f2, batch, channels), self.spatial_weight(), self.spatial.bias,
                                           order, hidden, groups)
         else:
@@ -164,7 +164,7 @@ class ESortNetwork(nn.Module):
         x = torch.relu(self.spatial_norm(x))
         return F.linear(x, self.head.weight[:, :, 0], self.head.bias)
 
-    def _local_groups(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
+    def local_groups(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
         """The local filter's channel order, hidden order and groups (``local_spatial_groups``), cached until the
         mask changes."""
         key = (self.spatial_mask.data_ptr(), self.spatial_mask._version, self.spatial_channel_order._version)
@@ -259,12 +259,11 @@ class FoldedNetwork:
             self.channel_order = None
             self.spatial_groups = [(0, ws.shape[0], 0, ws.shape[1])]  # (first, end hidden row, first, end feature)
             if network.spatial_radius_um is not None:  # local: channels along the probe, one product per group
-                order = network.spatial_channel_order
+                order, hidden, self.spatial_groups = network.local_groups()
                 self.channel_order = order
                 self.input_scale, self.temporal1_bias = self.input_scale[order], self.temporal1_bias[order]
                 self.temporal2_weight, self.temporal2_bias = self.temporal2_weight[order], self.temporal2_bias[order]
                 ws = ws.reshape(-1, network.num_channels, f2)[:, order].reshape(ws.shape[0], -1)
-                hidden, self.spatial_groups = local_spatial_groups(network.spatial_mask[:, order], f2)
                 ws, bs, head = ws[hidden], bs[hidden], head[:, hidden]
             self.spatial_weight = [ws[a:b, lo:hi].to(dt).contiguous() for a, b, lo, hi in self.spatial_groups]
             self.spatial_bias = bs[:, None].to(dt)

@@ -92,7 +92,7 @@ def test_local_spatial_product_gives_the_masked_products_and_their_gradients():
     torch.manual_seed(0)
     network = ESortNetwork(32, 12, 3, temporal_features=(4, 3), hidden_size=32, spatial_radius_um=30.0)
     network.set_channel_locations(locations)
-    order, hidden, groups = network._local_groups()
+    order, hidden, groups = network.local_groups()
     assert len(groups) == 2 and network.spatial_mask.sum(1).max() < 32
     features = torch.randn(3, 5, 32, dtype=torch.float64, requires_grad=True)  # (f2, batch, channels)
     weight = network.spatial_weight().detach().double().requires_grad_()
