@@ -373,10 +373,8 @@ class LocalSpatialProduct(torch.autograd.Function):
         grad_features = torch.empty((batch, channels, f2), dtype=features_dtype, device=x.device)
         grad_features[:, order] = grad_x.reshape(batch, channels, f2).to(features_dtype)
         grad_weight = torch.empty((w.shape[0], channels, f2), dtype=weight_dtype, device=x.device)
-        unsorted = torch.empty_like(grad_weight)
-        unsorted[:, order] = grad_w.reshape(-1, channels, f2).to(weight_dtype)
-        grad_weight[hidden] = unsorted
-        return (grad_features.permute(2, 0, 1), grad_weight.reshape(w.shape[0], -1), grad.sum(0).to(ctx.dtypes[1]),
+        grad_weight[hidden[:, None], order] = grad_w.reshape(-1, channels, f2).to(weight_dtype)  # rows and channels back
+        return (grad_features.permute(2, 0, 1), grad_weight.reshape(w.shape[0], -1), grad.sum(0).to(weight_dtype),
                 None, None, None)
 
 
