@@ -24,7 +24,8 @@ only that.
 throughput with random weights masked as a trained local filter is, accuracy from networks trained that way.
 
 ``--precision-check`` only tells whether this CPU computes bfloat16 natively and times the network's spatial
-product in float32 and bfloat16 (where bfloat16 is emulated, about 100x slower: esort refuses it there).
+product in float32, bfloat16 (where bfloat16 is emulated, about 100x slower: esort refuses it there) and int8
+(quantisation included), with the error of each against float64.
 
 ``--memory 60 600 3600`` measures instead one path (the first channel count, stride and dtype given) over
 recordings of those durations, generated chunk by chunk while esort reads them (nothing written to disk):
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import resource
 import subprocess
@@ -217,10 +219,15 @@ def memory_by_duration(folder: Path, args) -> int:
     return 0
 
 
-def precision_check(channels: int, threads: int, windows: int = 256) -> dict:
+def precision_check(channels: int, threads: int, windows: int = 256, repeats: int = 3) -> dict:
     """Whether this CPU computes bfloat16 natively, and the time of the network's spatial product (hidden 256 x
-    channels * 16 features, over ``windows`` windows) in float32 and in bfloat16, per second of 30 kHz recording
-    at stride 1 (s)."""
+    channels * 16 features, over ``windows`` windows; the fastest of ``repeats``) per second of 30 kHz recording
+    at stride 1 (s), in float32, bfloat16 and int8, with each low precision's error relative to float32.
+
+    int8 (``torch._int_mm``, int32 accumulation) is timed twice: the product alone, and as an int8 path would
+    pay for it on every block: the features quantised (one scale per block), the product, the result scaled
+    back to float32 (weights quantised once, one scale per hidden feature). None where torch has no CPU
+    ``_int_mm``."""
     import torch
 
     from .device import native_bfloat16
@@ -229,13 +236,41 @@ def precision_check(channels: int, threads: int, windows: int = 256) -> dict:
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(256, channels * 16, generator=generator) * 0.01
     features = torch.rand(channels * 16, windows, generator=generator)
+    exact = weight.double() @ features.double()
     row = dict(channels=channels, windows=windows, threads=threads, native_bfloat16=native_bfloat16(torch.device("cpu")))
+
+    def seconds_per_second(product) -> float:
+        product()  # warm-up
+        best = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            product()
+            best = min(best, time.perf_counter() - t0)
+        return best * 30000 / windows
+
+    def relative_error(result: torch.Tensor) -> float:
+        return float((result.double() - exact).norm() / exact.norm())
+
     for dtype in ("float32", "bfloat16"):
         w, x = weight.to(getattr(torch, dtype)), features.to(getattr(torch, dtype))
-        w @ x  # warm-up
-        t0 = time.perf_counter()
-        w @ x
-        row[f"spatial_{dtype}_s_per_s"] = (time.perf_counter() - t0) * 30000 / windows
+        row[f"spatial_{dtype}_s_per_s"] = seconds_per_second(lambda: w @ x)
+        row[f"spatial_{dtype}_relative_error"] = relative_error(w @ x)
+
+    weight_scale = weight.abs().amax(dim=1, keepdim=True) / 127.0  # (256, 1)
+    weight_int8 = torch.round(weight / weight_scale).to(torch.int8)
+
+    def int8_path() -> torch.Tensor:
+        feature_scale = features.abs().amax() / 127.0
+        features_int8 = torch.round(features / feature_scale).to(torch.int8)
+        return torch._int_mm(weight_int8, features_int8).float() * (weight_scale * feature_scale)
+
+    try:
+        features_int8 = torch.round(features / (features.abs().amax() / 127.0)).to(torch.int8)
+        row["spatial_int8_product_only_s_per_s"] = seconds_per_second(lambda: torch._int_mm(weight_int8, features_int8))
+        row["spatial_int8_s_per_s"] = seconds_per_second(int8_path)
+        row["spatial_int8_relative_error"] = relative_error(int8_path())
+    except (AttributeError, RuntimeError, NotImplementedError):  # no CPU int8 product in this torch
+        row.update(spatial_int8_product_only_s_per_s=None, spatial_int8_s_per_s=None, spatial_int8_relative_error=None)
     return row
 
 
@@ -290,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "--strides, --dtypes) on recordings of these durations, generated as they are read")
     parser.add_argument("--precision-check", action="store_true",
                         help="instead of the table: whether this CPU has native bfloat16, and the network's spatial "
-                             "product timed in float32 and bfloat16 (first of --channels)")
+                             "product timed in float32, bfloat16 and int8 (first of --channels)")
     parser.add_argument("--lazy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", nargs=3, metavar=("CHANNELS", "STRIDE", "DTYPE"), help=argparse.SUPPRESS)
     return parser
@@ -306,10 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.precision_check:
         row = precision_check(args.channels[0], args.threads)
         print(json.dumps(row))
+        int8 = ("int8: not available in this torch" if row["spatial_int8_s_per_s"] is None else
+                f"int8 {row['spatial_int8_s_per_s']:.3f} s with the features quantised and the result scaled back "
+                f"({row['spatial_int8_product_only_s_per_s']:.3f} s the product alone), error "
+                f"{row['spatial_int8_relative_error']:.1e}")
         print(f"{platform.processor() or platform.machine()}: native bfloat16 {'yes' if row['native_bfloat16'] else 'no'}; "
               f"spatial product of {row['channels']} channels per second of recording: float32 "
-              f"{row['spatial_float32_s_per_s']:.2f} s, bfloat16 {row['spatial_bfloat16_s_per_s']:.2f} s "
-              f"({row['spatial_bfloat16_s_per_s'] / row['spatial_float32_s_per_s']:.1f}x)")
+              f"{row['spatial_float32_s_per_s']:.3f} s (error {row['spatial_float32_relative_error']:.1e}), bfloat16 "
+              f"{row['spatial_bfloat16_s_per_s']:.3f} s "
+              f"({row['spatial_bfloat16_s_per_s'] / row['spatial_float32_s_per_s']:.2f}x float32's time, error "
+              f"{row['spatial_bfloat16_relative_error']:.1e}); {int8}")
         return 0
     # as the sorter resolves them on this device ('auto'; emulated bfloat16 refused): one row per precision
     args.dtypes = list(dict.fromkeys(resolve_dtype("inference_dtype", d, torch.device(args.device)) for d in args.dtypes))

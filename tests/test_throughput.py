@@ -47,7 +47,7 @@ def test_memory_mode_reads_recordings_generated_on_the_fly(tmp_path, capsys):
     assert "| 4 |" in capsys.readouterr().out
 
 
-def test_precision_check_times_both_precisions(capsys):
+def test_precision_check_times_each_precision_and_its_error(capsys):
     import torch
 
     from spikeinterface_esort.device import native_bfloat16
@@ -56,3 +56,9 @@ def test_precision_check_times_both_precisions(capsys):
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["native_bfloat16"] == native_bfloat16(torch.device("cpu"))
     assert row["spatial_float32_s_per_s"] > 0 and row["spatial_bfloat16_s_per_s"] > 0
+    # float32 is near exact; bfloat16 keeps 8 bits of mantissa, int8 about 7 bits: errors of a few 1e-3
+    assert row["spatial_float32_relative_error"] < 1e-5
+    assert 1e-4 < row["spatial_bfloat16_relative_error"] < 2e-2
+    if hasattr(torch, "_int_mm"):
+        assert row["spatial_int8_s_per_s"] >= 0 and row["spatial_int8_product_only_s_per_s"] > 0
+        assert 1e-4 < row["spatial_int8_relative_error"] < 2e-2
