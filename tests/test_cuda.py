@@ -1,0 +1,53 @@
+"""The GPU path: the same sort on a CUDA device as on the CPU. Skipped where torch sees no CUDA GPU (the project's
+CPU machines and CI); on a GPU machine run them with ``python -m pytest -q tests/test_cuda.py``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import spikeinterface.full as si
+import torch
+
+import spikeinterface_esort  # noqa: F401  (registers "esort", as a user does)
+from spikeinterface_esort import ESortModel
+from spikeinterface_esort.device import native_bfloat16
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU here")
+
+
+def equal_fraction(reference: np.ndarray, other: np.ndarray) -> float:
+    """Fraction of ``reference``'s spikes (spike vectors) that ``other`` has too: same unit, same sample."""
+    def keys(spikes):
+        return spikes["unit_index"].astype(np.int64) * (1 << 40) + spikes["sample_index"].astype(np.int64)
+
+    return float(np.isin(keys(reference), keys(other)).mean()) if len(reference) else 1.0
+
+
+def test_a_model_sorts_on_the_gpu_as_on_the_cpu(small_recording, small_esort_run, tmp_path):
+    """float32, stride 1: the network on the GPU and the FFT filter run there (``filters_on_device``) give the CPU's
+    spikes, float rounding aside."""
+    recording = small_recording[0]
+    folder, cpu_sorting = small_esort_run
+    model = ESortModel.load(folder, device="cuda")
+    assert model.device.type == "cuda"
+    gpu_sorting = model.sort(recording, folder=tmp_path / "gpu", inference_dtype="float32")
+    cpu, gpu = cpu_sorting.to_spike_vector(), gpu_sorting.to_spike_vector()
+    assert abs(len(gpu) - len(cpu)) <= max(2, 0.01 * len(cpu))
+    assert equal_fraction(cpu, gpu) >= 0.99 and equal_fraction(gpu, cpu) >= 0.99
+
+
+def test_run_sorter_on_the_gpu_with_the_fast_settings(ground_truth_recording, tmp_path):
+    recording, ground_truth, gt_folder = ground_truth_recording
+    folder = tmp_path / "esort_gpu"
+    sorting = si.run_sorter(
+        "esort", recording, folder=folder, annotation_sorting_path=str(gt_folder), train_duration_s=20.0,
+        torch_device="cuda", training_dtype="auto", inference_dtype="auto", inference_stride=2, epochs=10,
+        spatial_radius_um=100.0,
+    )
+    half = recording.get_num_samples() // 2
+    comparison = si.compare_sorter_to_ground_truth(ground_truth.frame_slice(half, None), sorting.frame_slice(half, None))
+    accuracy = comparison.get_performance()["accuracy"].astype(float)
+    assert accuracy.mean() >= 0.85, accuracy
+    log = (folder / "sorter_output" / "esort.log").read_text()
+    precision = "bfloat16" if native_bfloat16(torch.device("cuda")) else "float32"  # compute capability 8.0+
+    assert "device cuda" in log and f"inference_dtype: auto -> {precision} on cuda" in log
