@@ -49,8 +49,14 @@ def match_candidates(candidates: np.ndarray, values: np.ndarray, annotated: np.n
     return matched
 
 
-def best_threshold(values: np.ndarray, matched: np.ndarray, num_annotated: int) -> float:
-    """Threshold maximising accuracy TP / (TP + FP + FN) over candidate probabilities ``values``."""
+def best_threshold(values: np.ndarray, matched: np.ndarray, num_annotated: int, floor: float = CANDIDATE_FLOOR) -> float:
+    """Threshold maximising accuracy TP / (TP + FP + FN) over candidate probabilities ``values`` (all >= ``floor``).
+
+    The best cut keeps the k most probable candidates; the threshold is halfway between the last kept value and
+    the next, the most probable rejected candidate. Where every candidate is kept, the next candidate is unseen,
+    somewhere below ``floor`` (candidates are collected from there): the threshold is halfway between the last
+    kept value and ``floor``, rather than just under the lowest value seen, which overfits the few held-out spikes
+    (docs/method.md)."""
     order = np.argsort(-values, kind="stable")
     v, m = values[order], matched[order]
     tp = np.cumsum(m)
@@ -60,9 +66,8 @@ def best_threshold(values: np.ndarray, matched: np.ndarray, num_annotated: int) 
     last_of_value = np.r_[v[1:] != v[:-1], True]
     accuracy = np.where(last_of_value, accuracy, -1.0)
     k = int(np.argmax(accuracy))
-    if k + 1 < len(v):
-        return float((v[k] + v[k + 1]) / 2)
-    return float(max(v[k] - 1e-3, CANDIDATE_FLOOR))
+    next_value = v[k + 1] if k + 1 < len(v) else floor
+    return float((v[k] + next_value) / 2)
 
 
 def choose_thresholds(
