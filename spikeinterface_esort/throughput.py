@@ -222,7 +222,7 @@ def memory_by_duration(folder: Path, args) -> int:
 def precision_check(channels: int, threads: int, windows: int = 256, repeats: int = 3) -> dict:
     """Whether this CPU computes bfloat16 natively, and the time of the network's spatial product (hidden 256 x
     channels * 16 features, over ``windows`` windows; the fastest of ``repeats``) per second of 30 kHz recording
-    at stride 1 (s), in float32, bfloat16 and int8, with each low precision's error relative to float32.
+    at stride 1 (s), in float32, bfloat16 and int8, with each one's error relative to the float64 product.
 
     int8 (``torch._int_mm``, int32 accumulation) is timed twice: the product alone, and as an int8 path would
     pay for it on every block: the features quantised (one scale per block), the product, the result scaled
@@ -256,16 +256,19 @@ def precision_check(channels: int, threads: int, windows: int = 256, repeats: in
         row[f"spatial_{dtype}_s_per_s"] = seconds_per_second(lambda: w @ x)
         row[f"spatial_{dtype}_relative_error"] = relative_error(w @ x)
 
-    weight_scale = weight.abs().amax(dim=1, keepdim=True) / 127.0  # (256, 1)
-    weight_int8 = torch.round(weight / weight_scale).to(torch.int8)
+    def quantised(x: torch.Tensor, dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Symmetric int8 values of ``x`` and their scale (one per row with ``dim=1``, else one in all)."""
+        scale = (x.abs().amax() if dim is None else x.abs().amax(dim=dim, keepdim=True)) / 127.0
+        return torch.round(x / scale).to(torch.int8), scale
+
+    weight_int8, weight_scale = quantised(weight, dim=1)  # once, as a model's weights would be
 
     def int8_path() -> torch.Tensor:
-        feature_scale = features.abs().amax() / 127.0
-        features_int8 = torch.round(features / feature_scale).to(torch.int8)
+        features_int8, feature_scale = quantised(features)  # every block
         return torch._int_mm(weight_int8, features_int8).float() * (weight_scale * feature_scale)
 
     try:
-        features_int8 = torch.round(features / (features.abs().amax() / 127.0)).to(torch.int8)
+        features_int8, _ = quantised(features)
         row["spatial_int8_product_only_s_per_s"] = seconds_per_second(lambda: torch._int_mm(weight_int8, features_int8))
         row["spatial_int8_s_per_s"] = seconds_per_second(int8_path)
         row["spatial_int8_relative_error"] = relative_error(int8_path())
