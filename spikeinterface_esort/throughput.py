@@ -219,7 +219,7 @@ def memory_by_duration(folder: Path, args) -> int:
     return 0
 
 
-def precision_check(channels: int, threads: int, windows: int = 256, repeats: int = 3) -> dict:
+def precision_check(channels: int, threads: int, windows: int = 256, repeats: int = 10) -> dict:
     """Whether this CPU computes bfloat16 natively, and the time of the network's spatial product (hidden 256 x
     channels * 16 features, over ``windows`` windows; the fastest of ``repeats``) per second of 30 kHz recording
     at stride 1 (s), in float32, bfloat16 and int8, with each one's error relative to the float64 product.
