@@ -10,6 +10,7 @@ import torch
 
 import spikeinterface_esort  # noqa: F401  (registers "esort", as a user does)
 from spikeinterface_esort import ESortModel
+from spikeinterface_esort.datasets import held_out_performance
 from spikeinterface_esort.device import native_bfloat16
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU here")
@@ -46,9 +47,7 @@ def test_run_sorter_on_the_gpu_with_the_fast_settings(ground_truth_recording, tm
         torch_device="cuda", training_dtype="auto", inference_dtype="auto", inference_stride=2, epochs=10,
         spatial_radius_um=100.0,
     )
-    half = recording.get_num_samples() // 2
-    comparison = si.compare_sorter_to_ground_truth(ground_truth.frame_slice(half, None), sorting.frame_slice(half, None))
-    accuracy = comparison.get_performance()["accuracy"].astype(float)
+    accuracy = held_out_performance(sorting, ground_truth, recording.get_num_samples() // 2)["accuracy"]
     assert accuracy.mean() >= 0.85, accuracy
     log = (folder / "sorter_output" / "esort.log").read_text()
     precision = "bfloat16" if native_bfloat16(torch.device("cuda")) else "float32"  # compute capability 8.0+
