@@ -51,6 +51,12 @@ class Annotations:
         return np.bincount(self.unit_index, minlength=self.num_units)
 
 
+def default_train_duration_s(segment_s: float) -> float:
+    """The training window's length (s) when ``train_duration_s`` is None: the first half of a first segment of
+    ``segment_s`` seconds, at most ``MAX_DEFAULT_TRAIN_DURATION_S``."""
+    return min(segment_s / 2.0, MAX_DEFAULT_TRAIN_DURATION_S)
+
+
 def training_window(recording: BaseRecording, params: dict) -> TrainingWindow:
     """The training window in frames, checked against the first segment."""
     fs = recording.get_sampling_frequency()
@@ -59,7 +65,7 @@ def training_window(recording: BaseRecording, params: dict) -> TrainingWindow:
     start_s = float(params["train_start_s"])
     duration_s = params["train_duration_s"]
     if duration_s is None:
-        duration_s = min(segment_s / 2.0, MAX_DEFAULT_TRAIN_DURATION_S)
+        duration_s = default_train_duration_s(segment_s)
     if start_s >= segment_s:
         raise ValueError(
             f"esort parameter 'train_start_s'={start_s} s is outside the first segment ({segment_s:.3f} s long)."

@@ -13,10 +13,11 @@ SpikeInterface's ``compare_sorter_to_ground_truth`` and its defaults. Every sort
 ``SorterStudy`` (``FOLDER/study``, which can be reopened with ``HeldOutSorterStudy(FOLDER / "study")``
 for its plots). The sorters (``SORTERS``):
 
+- ``esort``: ``run_sorter("esort", recording)`` with no parameters: its default teacher on its default training
+  window (which must lie inside the annotation window);
 - ``esort_ground_truth``: esort trained on the ground truth of the annotation window (the paper's setting);
-- ``esort_fast``: ``esort_ground_truth`` with the fast settings (``FAST_ESORT_PARAMS``: training capped at 10
-  epochs, the local spatial filter of 100 um, inference at stride 2, both in bfloat16 where the device computes
-  it natively, else float32; not in the default list);
+- ``esort_published``: ``esort_ground_truth`` with the exact published path (``parameters.PUBLISHED_PARAMS``: dense
+  spatial filter, float32, stride 1, up to 30 epochs of every spike; not in the default list);
 - ``esort_teacher``: esort trained on a teacher sorter run on the annotation window (the real-data setting;
   ``teacher``, default spykingcircus2);
 - ``kilosort4`` (CPU or GPU, when installed), ``spykingcircus2``, ``tridesclous2``; any other installed
@@ -55,7 +56,9 @@ from spikeinterface.core import BaseRecording, BaseSorting, create_sorting_analy
 
 import spikeinterface_esort  # noqa: F401  (registers "esort")
 
-from .datasets import generate_dataset, generate_drifting_dataset, held_out_comparison
+from .annotation import default_train_duration_s
+from .parameters import PUBLISHED_PARAMS
+from .datasets import generate_dataset, generate_drifting_dataset, generate_long_dataset, held_out_comparison
 
 WELL_DETECTED_ACCURACY = 0.8  # SpikeInterface's default well_detected_score
 
@@ -67,6 +70,7 @@ class Preset:
     description: str
     duration_s: float
     make: object = field(repr=False)
+    annotation_s: object = field(default=None, repr=False)  # duration_s -> window (s); None: half the recording
 
 
 PRESETS = {
@@ -83,13 +87,17 @@ PRESETS = {
         "(30 s period), 30 kHz", 90.0,
         lambda folder, duration_s, seed: generate_drifting_dataset(folder, "zigzag", duration_s=duration_s, seed=seed),
     ),
+    "long": Preset(
+        "probeinterface's Neuropixels 1.0 probe (NP1000, bank 0: 384 channels in their recording order), "
+        "generate_drifting_recording, 80 units firing at 1-20 Hz, 7 uV correlated noise, slow rigid drift of 25 um "
+        "over the recording, saved as int16, 30 kHz", 600.0,
+        lambda folder, duration_s, seed: generate_long_dataset(folder, duration_s, seed=seed, n_jobs=os.cpu_count() or 1,
+                                                               progress_bar=True),
+        annotation_s=default_train_duration_s,  # esort's own default window: the no-parameter case learns from it
+    ),
 }
 
-SORTERS = ("esort_ground_truth", "esort_teacher", "kilosort4", "spykingcircus2", "tridesclous2")
-# esort_fast: esort_ground_truth with training capped at 10 epochs, the local spatial filter and the fast
-# inference path, in bfloat16 where native (docs/speed.md); not in the default list
-FAST_ESORT_PARAMS = dict(training_dtype="auto", epochs=10, inference_dtype="auto", inference_stride=2,
-                         spatial_radius_um=100.0)
+SORTERS = ("esort", "esort_ground_truth", "esort_teacher", "kilosort4", "spykingcircus2", "tridesclous2")
 
 
 @dataclass
@@ -143,14 +151,21 @@ def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: 
     installed = set(ss.installed_sorters())
     cases = {}
     for key in sorters:
-        if key in ("esort_ground_truth", "esort_fast"):
+        if key == "esort":  # what a user gets from run_sorter("esort", recording): its default teacher and window
+            window_s = default_train_duration_s(data.recording.get_num_samples(0) / data.recording.get_sampling_frequency())
+            if window_s > data.annotation_s + 1e-9:
+                raise ValueError(f"esort with no parameters trains on its first {window_s:g} s, more than the "
+                                 f"{data.annotation_s:g} s annotation window: it would learn from scored data "
+                                 "(use --annotation-s, or esort_teacher)")
+            name, label, params = "esort", "esort (no parameters)", {}
+        elif key in ("esort_ground_truth", "esort_published"):
             if data.agreement:
                 raise ValueError(f"{key} needs a ground truth; in agreement mode use esort_teacher")
             name, label = "esort", "esort (ground-truth annotations)"
             params = dict(annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s)
-            if key == "esort_fast":
-                label = "esort (ground-truth annotations; " + ", ".join(f"{k}={v}" for k, v in FAST_ESORT_PARAMS.items()) + ")"
-                params.update(FAST_ESORT_PARAMS)
+            if key == "esort_published":
+                label = "esort (ground-truth annotations; published path)"
+                params.update(PUBLISHED_PARAMS)
         elif key == "esort_teacher":
             name = "esort"
             if data.agreement:  # the reference's own annotation window: the reference is not run twice
@@ -194,12 +209,14 @@ def run_benchmark(
     rerun: bool | list[str] = False,
     description: str = "",
     command: str | None = None,
+    bin_s: float = 60.0,
 ) -> pd.DataFrame:
     """Run ``sorters`` on ``data.recording`` and score them on its held-out part; write the results,
     table and plots to ``folder`` (see the module's doc). Returns the per-sorter table. Sorters that
     are not installed are skipped with a message (``kilosort4``: ``pip install kilosort``). A sorter already
     run in ``folder`` with the same parameters is not run again unless ``rerun`` (True: all; or a list of
-    case names)."""
+    case names). The held-out part is also scored in consecutive bins of ``bin_s`` seconds (``timecourse.csv``,
+    ``accuracy_vs_time.png``)."""
     import spikeinterface.sorters as ss
 
     folder = Path(folder).absolute()
@@ -220,7 +237,7 @@ def run_benchmark(
         else:
             print(f"skipped {key}: not installed" + (" (pip install kilosort)" if key == "kilosort4" else ""), flush=True)
     study = _open_study(folder / "study", data, sorter_cases(wanted, data, teacher, n_jobs))
-    rows, units = [], []
+    rows, units, timecourse = [], [], []
     for i, key in enumerate(wanted, start=1):
         label = study.cases[key]["label"]
         result_folder = study.folder / "results" / key
@@ -228,7 +245,9 @@ def run_benchmark(
         if again or not (result_folder / "run_time.pickle").exists():
             print(f"[{i}/{len(wanted)}] {label}: run_sorter({study.cases[key]['params']['sorter_name']!r}) ...", flush=True)
             try:
-                study.run(case_keys=[key], keep=False)
+                with PeakMemory() as memory:
+                    study.run(case_keys=[key], keep=False)
+                (result_folder / "memory.json").write_text(json.dumps(memory.summary()))
             except Exception as error:  # one sorter's failure is a result, not the end of the benchmark
                 shutil.rmtree(result_folder, ignore_errors=True)
                 study.benchmarks[key] = None
@@ -238,14 +257,89 @@ def run_benchmark(
                 continue
         study.compute_results(case_keys=[key])
         row, unit_rows = _score(study, key, data)
+        memory_file = result_folder / "memory.json"
+        if memory_file.is_file():
+            row.update(json.loads(memory_file.read_text()))
         rows.append(row)
         units += unit_rows
+        timecourse += _timecourse(study, key, data, bin_s)
         print(f"[{i}/{len(wanted)}] {label}: {row['run_time_s']:.1f} s, held-out {_score_name(data)} "
               f"{row['accuracy']:.3f}, {row['well_detected']}/{row['num_truth_units']} well detected", flush=True)
     table = pd.DataFrame(rows)
     info = _run_info(data, description, n_jobs, teacher, command)
-    write_outputs(folder, table, pd.DataFrame(units), info, _snr(study))
+    write_outputs(folder, table, pd.DataFrame(units), info, _snr(study), pd.DataFrame(timecourse))
     return table
+
+
+class PeakMemory:
+    """Peak resident memory (MB) of this process and all its child processes together, sampled every
+    ``interval_s`` seconds in a thread while the block runs (a sorter's worker processes included); ``summary``
+    gives it with the resident memory before the block (``baseline_rss_mb``: what the benchmark itself held)."""
+
+    def __init__(self, interval_s: float = 0.2):
+        import threading
+
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval_s = interval_s
+        self.peak_mb = self.baseline_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _tree_mb(self) -> float:
+        import psutil
+
+        total = 0
+        for process in [self.process] + self.process.children(recursive=True):
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:  # a worker that ended between the listing and the reading
+                pass
+        return total / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak_mb = max(self.peak_mb, self._tree_mb())
+
+    def __enter__(self) -> "PeakMemory":
+        self.baseline_mb = self.peak_mb = self._tree_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._tree_mb())
+
+    def summary(self) -> dict:
+        return dict(peak_rss_mb=round(self.peak_mb, 1), baseline_rss_mb=round(self.baseline_mb, 1))
+
+
+def time_bins(start_frame: int, end_frame: int, sampling_frequency: float, bin_s: float) -> list[tuple[int, int]]:
+    """Consecutive bins of ``bin_s`` seconds from ``start_frame`` to ``end_frame``; a last bin shorter than half a
+    bin joins the one before it."""
+    step = max(1, int(round(bin_s * sampling_frequency)))
+    edges = list(range(start_frame, end_frame, step)) + [end_frame]
+    if len(edges) > 2 and edges[-1] - edges[-2] < step / 2:
+        del edges[-2]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _timecourse(study: HeldOutSorterStudy, key: str, data: BenchmarkData, bin_s: float) -> list[dict]:
+    """Mean accuracy over truth units (those that fire in the bin) of ``key``'s sorting in each time bin of the
+    held-out part."""
+    sorting = study.get_result(key)["sorting"]
+    fs = data.recording.get_sampling_frequency()
+    rows = []
+    for start, end in time_bins(data.held_out_start_frame, data.recording.get_num_samples(0), fs, bin_s):
+        performance = held_out_comparison(sorting, data.truth, start, end).get_performance()
+        firing = data.truth.frame_slice(start, end).count_num_spikes_per_unit(outputs="array") > 0
+        accuracy = performance["accuracy"].astype(float).to_numpy()[firing]
+        rows.append(dict(case=key, sorter=study.cases[key]["label"], start_s=start / fs, end_s=end / fs,
+                         accuracy=float(accuracy.mean()) if len(accuracy) else float("nan"),
+                         num_truth_units=int(firing.sum())))
+    return rows
 
 
 def _open_study(study_folder: Path, data: BenchmarkData, cases: dict) -> HeldOutSorterStudy:
@@ -379,19 +473,30 @@ def _optional_versions() -> dict:
     return out
 
 
-def write_outputs(folder: Path, table: pd.DataFrame, units: pd.DataFrame, info: dict, snr: pd.Series) -> None:
-    """results.csv/json, units.csv, results.md and the two plots."""
+def write_outputs(folder: Path, table: pd.DataFrame, units: pd.DataFrame, info: dict, snr: pd.Series,
+                  timecourse: pd.DataFrame | None = None) -> None:
+    """results.csv/json, units.csv, timecourse.csv, results.md and the three plots."""
+    timecourse = pd.DataFrame() if timecourse is None else timecourse
     if len(units):
         units["snr"] = units["unit_id"].map(snr)
     table.to_csv(folder / "results.csv", index=False)
     units.to_csv(folder / "units.csv", index=False)
+    timecourse.to_csv(folder / "timecourse.csv", index=False)
     (folder / "results.json").write_text(json.dumps(dict(info=info, sorters=table.to_dict(orient="records"),
-                                                         units=units.to_dict(orient="records")), indent=2, default=float))
-    (folder / "results.md").write_text(markdown_report(table, info))
+                                                         units=units.to_dict(orient="records"),
+                                                         timecourse=timecourse.to_dict(orient="records")),
+                                                    indent=2, default=float))
+    _draw(folder, table, units, info, timecourse)
+
+
+def _draw(folder: Path, table: pd.DataFrame, units: pd.DataFrame, info: dict, timecourse: pd.DataFrame) -> None:
+    (folder / "results.md").write_text(markdown_report(table, info, timecourse))
     if len(units):
         plot_accuracy_vs_snr(units, folder / "accuracy_vs_snr.png", _score_label(info))
     if "run_time_s" in table:
         plot_run_times(table, folder / "run_time.png", info)
+    if len(timecourse):
+        plot_accuracy_vs_time(timecourse, folder / "accuracy_vs_time.png", info)
 
 
 def _score_label(info: dict) -> str:
@@ -402,18 +507,16 @@ def redraw(folder: str | Path) -> None:
     """Write ``results.md`` and the plots again from a results folder's ``results.json``."""
     folder = Path(folder)
     saved = json.loads((folder / "results.json").read_text())
-    table, units = pd.DataFrame(saved["sorters"]), pd.DataFrame(saved["units"])
-    (folder / "results.md").write_text(markdown_report(table, saved["info"]))
-    if len(units):
-        plot_accuracy_vs_snr(units, folder / "accuracy_vs_snr.png", _score_label(saved["info"]))
-    plot_run_times(table, folder / "run_time.png", saved["info"])
+    _draw(folder, pd.DataFrame(saved["sorters"]), pd.DataFrame(saved["units"]), saved["info"],
+          pd.DataFrame(saved.get("timecourse", [])))
 
 
 def markdown_table(table: pd.DataFrame) -> str:
     """One row per sorter: held-out accuracy, precision, recall, well-detected units, units found, wall time
     and esort's split of it."""
     header = ["sorter", "accuracy", "precision", "recall", f"well detected (acc >= {WELL_DETECTED_ACCURACY:g})",
-              "units found", "wall time (s)", "esort: annotation / training / inference / post-processing (s)"]
+              "units found", "wall time (s)", "esort: annotation / training / inference / post-processing (s)",
+              "peak RSS (MB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in table.to_dict(orient="records"):
         if row.get("status", "ok") != "ok":
@@ -423,7 +526,8 @@ def markdown_table(table: pd.DataFrame) -> str:
         lines.append(
             f"| {row['sorter']} | {row['accuracy']:.3f} | {row['precision']:.3f} | {row['recall']:.3f} | "
             f"{int(row['well_detected'])}/{int(row['num_truth_units'])} | {int(row['num_sorted_units'])} | "
-            f"{row['run_time_s']:.1f} | {split} |"
+            f"{row['run_time_s']:.1f} | {split} | {row['peak_rss_mb']:.0f} |" if _has(row, "peak_rss_mb") else
+            f"{row['run_time_s']:.1f} | {split} | |"
         )
     return "\n".join(lines) + "\n"
 
@@ -433,7 +537,7 @@ def _has(row: dict, key: str) -> bool:
     return value is not None and not (isinstance(value, float) and np.isnan(value))
 
 
-def markdown_report(table: pd.DataFrame, info: dict) -> str:
+def markdown_report(table: pd.DataFrame, info: dict, timecourse: pd.DataFrame | None = None) -> str:
     held_out = info["duration_s"] - info["annotation_s"]
     lines = [
         f"Dataset: {info['dataset'] or 'user recording'}; {info['channels']} channels, "
@@ -448,7 +552,44 @@ def markdown_report(table: pd.DataFrame, info: dict) -> str:
     lines.append("")
     if info["scored_against"].startswith("agreement"):
         lines.append(f"Accuracy, precision and recall are agreement with {info['teacher']}, not with a ground truth.\n")
-    return "\n".join(lines) + "\n" + markdown_table(table)
+    report = "\n".join(lines) + "\n" + markdown_table(table)
+    if timecourse is not None and len(timecourse) > 1:
+        report += "\n" + timecourse_table(timecourse)
+    return report
+
+
+def timecourse_table(timecourse: pd.DataFrame) -> str:
+    """Held-out accuracy per time bin (columns) and sorter (rows), and the last bin minus the first."""
+    wide = timecourse.pivot_table(index="sorter", columns="start_s", values="accuracy", sort=False)
+    bins = [f"{start:g}-{end:g} s" for start, end in timecourse.drop_duplicates("start_s")[["start_s", "end_s"]].values]
+    header = ["sorter"] + bins + ["last - first"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for sorter, values in wide.iterrows():
+        v = values.to_numpy(dtype=float)
+        lines.append(f"| {sorter} | " + " | ".join(f"{x:.3f}" for x in v) + f" | {v[-1] - v[0]:+.3f} |")
+    return "Held-out accuracy in each time bin (mean over the truth units firing in it):\n\n" + "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_time(timecourse: pd.DataFrame, path: Path, info: dict) -> None:
+    """Held-out accuracy in each time bin, one line per sorter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for sorter, part in timecourse.groupby("sorter", sort=False):
+        centres = (part["start_s"] + part["end_s"]) / 2 / 60.0
+        ax.plot(centres, part["accuracy"], marker="o", ms=3, label=sorter)
+    ax.axvspan(0, info["annotation_s"] / 60.0, color="grey", alpha=0.15, label="annotation window (not scored)")
+    ax.set_xlim(0, info["duration_s"] / 60.0)
+    ax.set_xlabel("time in the recording (min)")
+    ax.set_ylabel(f"{_score_label(info)} in the bin")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_accuracy_vs_snr(units: pd.DataFrame, path: Path, score_label: str = "accuracy") -> None:
@@ -523,7 +664,7 @@ def preset_data(preset: str, folder: Path, duration_s: float | None = None, anno
     spec = PRESETS[preset]
     duration_s = duration_s or spec.duration_s
     recording, truth = spec.make(folder / "data", duration_s, seed)
-    annotation_s = annotation_s or duration_s / 2
+    annotation_s = annotation_s or (spec.annotation_s(duration_s) if spec.annotation_s else duration_s / 2)
     return BenchmarkData(recording, truth, folder / "data" / "ground_truth", annotation_s), \
         f"preset '{preset}': {spec.description}, {duration_s:g} s, seed {seed}"
 
@@ -584,7 +725,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"cases to run (default: {' '.join(SORTERS)}); any installed sorter name works")
     parser.add_argument("--teacher", default="spykingcircus2", help="esort_teacher's annotation sorter")
     parser.add_argument("--duration", type=float, help="preset duration (s)")
-    parser.add_argument("--annotation-s", type=float, help="annotation window (s; default: half the recording)")
+    parser.add_argument("--annotation-s", type=float,
+                        help="annotation window (s; default: half the recording; for 'long', esort's default window)")
+    parser.add_argument("--bin-s", type=float, default=60.0,
+                        help="held-out accuracy is also given per time bin of this length (s; default 60)")
     parser.add_argument("--seed", type=int, default=0, help="preset generator seed")
     parser.add_argument("--n-jobs", type=int, help="CPU jobs for every sorter (default: all cores)")
     parser.add_argument("--rerun", nargs="*", metavar="CASE",
@@ -601,10 +745,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data, description = user_data(args.recording, folder, args.ground_truth, args.reference, args.annotation_s,
                                       n_jobs=n_jobs)
-    sorters = [s for s in args.sorters if not (data.agreement and s in ("esort_ground_truth", "esort_fast"))]
+    sorters = [s for s in args.sorters if not (data.agreement and s in ("esort_ground_truth", "esort_published"))]
     command = " ".join(["python -m spikeinterface_esort.benchmark"] + (sys.argv[1:] if argv is None else list(argv)))
     rerun = False if args.rerun is None else (args.rerun or True)
-    table = run_benchmark(data, folder, sorters, args.teacher, n_jobs, rerun, description, command)
+    table = run_benchmark(data, folder, sorters, args.teacher, n_jobs, rerun, description, command, args.bin_s)
     print()
     print(markdown_table(table))
     print(f"results: {folder}")

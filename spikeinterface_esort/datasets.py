@@ -124,6 +124,76 @@ def generate_drifting_dataset(
     return _save(folder, static if drift_mode == "static" else drifting, sorting, spec)
 
 
+LONG_INT16_GAIN_UV = 0.5  # uV per bit of the saved long recording: quantisation noise 0.14 uV rms against 7 uV
+
+
+def neuropixels_1_probe(num_channels: int = 384):
+    """probeinterface's Neuropixels 1.0 probe (``build_neuropixels_probe("NP1000")``: its contact geometry),
+    restricted to the ``num_channels`` contacts of bank 0 in their recording-channel order (channel i is
+    electrode i, as SpikeGLX and Open Ephys save a probe with its default IMRO table)."""
+    import numpy as np
+    from probeinterface.neuropixels_tools import build_neuropixels_probe
+
+    probe = build_neuropixels_probe("NP1000")
+    if not 1 <= num_channels <= 384:
+        raise ValueError(f"a Neuropixels 1.0 probe records 1 to 384 channels at once, got {num_channels}")
+    probe = probe.get_slice(np.arange(num_channels))
+    probe.set_device_channel_indices(np.arange(num_channels))
+    return probe
+
+
+def generate_long_dataset(
+    folder: str | Path,
+    duration_s: float = 600.0,
+    num_units: int = 80,
+    num_channels: int = 384,
+    firing_rates_hz: tuple[float, float] = (1.0, 20.0),
+    noise_level_uv: float = 7.0,
+    drift_um: float = 25.0,
+    seed: int = 0,
+    n_jobs: int = 1,
+    progress_bar: bool = False,
+) -> tuple[BaseRecording, BaseSorting]:
+    """A long Neuropixels 1.0 recording from ``generate_drifting_recording``, saved as int16 under ``folder``
+    (``LONG_INT16_GAIN_UV`` uV per bit; 600 s of 384 channels take 13.8 GB).
+
+    ``neuropixels_1_probe(num_channels)``; ``num_units`` units with firing rates uniform in ``firing_rates_hz``;
+    spatially correlated noise of ``noise_level_uv`` (25 um decay); a slow rigid drift along the probe,
+    linear from 0 to ``-drift_um`` um over the whole recording (SpikeInterface's 'zigzag' motion with a period
+    of 4 durations, which is a linear ramp over its first quarter). Reloaded if already there with the same
+    arguments."""
+    import numpy as np
+    from spikeinterface.generation import generate_drifting_recording
+    from spikeinterface.preprocessing import astype, scale
+
+    folder = Path(folder)
+    spec = dict(kind="long", duration_s=duration_s, num_units=num_units, num_channels=num_channels,
+                firing_rates_hz=list(firing_rates_hz), noise_level_uv=noise_level_uv, drift_um=drift_um, seed=seed,
+                dtype="int16", gain_uv=LONG_INT16_GAIN_UV)
+    existing = _load_saved(folder, spec)
+    if existing is not None:
+        return existing
+    motion = dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0, t_end_drift=None,
+                  period_s=4.0 * duration_s)
+    _, drifting, sorting = generate_drifting_recording(
+        num_units=num_units, duration=duration_s, probe=neuropixels_1_probe(num_channels), seed=seed,
+        generate_sorting_kwargs=dict(firing_rates=tuple(firing_rates_hz), refractory_period_ms=4.0),
+        generate_noise_kwargs=dict(noise_levels=(noise_level_uv, noise_level_uv), spatial_decay=25.0),
+        generate_displacement_vector_kwargs=dict(
+            displacement_sampling_frequency=5.0, drift_start_um=[0, drift_um], drift_stop_um=[0, -drift_um],
+            drift_step_um=1, motion_list=[motion],
+        ),
+    )
+    as_int16 = astype(scale(drifting, gain=1.0 / LONG_INT16_GAIN_UV), "int16", round=True)
+    as_int16.set_channel_gains(LONG_INT16_GAIN_UV)
+    as_int16.set_channel_offsets(0.0)
+    recording = as_int16.save(folder=folder / "recording", overwrite=True, n_jobs=n_jobs, pool_engine="thread",
+                              chunk_duration="1s", progress_bar=progress_bar)
+    sorting = sorting.save(folder=folder / "ground_truth", overwrite=True)
+    (folder / "dataset.json").write_text(json.dumps(spec, indent=2))  # written last: marks a complete dataset
+    return recording, sorting
+
+
 def _load_saved(folder: Path, spec: dict) -> tuple[BaseRecording, BaseSorting] | None:
     """The dataset saved in ``folder`` if it was generated with ``spec``, else None."""
     spec_file = folder / "dataset.json"

@@ -140,7 +140,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Output sizes of the two temporal filters shared by all channels."),
     Parameter("hidden_size", 256, (int,), "network",
               "Output size of the spatial filter (the last backbone layer).", minimum=1),
-    Parameter("spatial_radius_um", None, (float, None), "network",
+    Parameter("spatial_radius_um", 100.0, (float, None), "network",
               "Local spatial filter (not in the paper): the hidden features are split into groups of 16, each "
               "reading only the channels within this distance (um, along the probe) of its stretch of the probe; "
               "at 384 channels and 100 um each feature reads 43-62 of the 384 channels (docs/speed.md). None: every "
@@ -164,19 +164,24 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Simulate probe drift while training: each batch is spatially re-sampled (kriging, as "
               "SpikeInterface's motion interpolation) at channel positions shifted along the probe by a random "
               "-d..+d um, d at most a quarter of the probe's depth extent. 0 disables it.", minimum=0.0, maximum=200.0),
+    Parameter("spikes_per_epoch", 20000, (int, None), "training",
+              "Annotated spikes drawn as positives in each epoch: a random subset where the training part holds more "
+              "(another each epoch), else every spike as many times as fits (the rest drawn at random), so that an "
+              "epoch is the same number of batches whatever the window's length and the firing rates. None: every "
+              "annotated spike once per epoch, as published.", minimum=1),
     Parameter("negative_ratio", 1.0, (float,), "training",
               "Negative windows (no annotated spike within +-jitter_ms) per positive window.",
               minimum=0.0),
     Parameter("validation_fraction", 0.2, (float,), "training",
               "Fraction at the end of the training window held out for early stopping, threshold "
               "choice and the validation report.", minimum=0.0, maximum=0.9, exclusive=True),
-    Parameter("epochs", 30, (int,), "training", "Maximum number of training epochs.", minimum=1),
-    Parameter("patience", 5, (int,), "training",
+    Parameter("epochs", 10, (int,), "training", "Maximum number of training epochs.", minimum=1),
+    Parameter("patience", 3, (int,), "training",
               "Stop when the validation loss has not improved for this many epochs.", minimum=1),
     Parameter("learning_rate", 0.005, (float,), "training", "Adam learning rate.",
               minimum=0.0, exclusive=True),
     Parameter("batch_size", 1024, (int,), "training", "Windows per training batch.", minimum=1),
-    Parameter("training_dtype", "float32", (str,), "training",
+    Parameter("training_dtype", "auto", (str,), "training",
               "Precision of the network's matrix products during training: 'float32', 'bfloat16' (mixed "
               "precision with torch.autocast, weights and optimiser kept in float32; only where the device computes "
               "bfloat16 natively: CPUs with AVX-512 BF16 or AMX, GPUs of compute capability 8.0+; refused elsewhere, "
@@ -187,11 +192,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("torch_device", "auto", (str,), "inference",
               "Device for training and inference: 'auto' (CUDA when available, else CPU), 'cpu', "
               "'cuda' or 'cuda:N'."),
-    Parameter("inference_stride", 1, (int,), "inference",
+    Parameter("inference_stride", 2, (int,), "inference",
               "Run the network on one sample in inference_stride (1: every sample, the exact dense evaluation); "
               "spike times are refined between evaluated samples by parabolic interpolation. Thresholds are "
               "chosen with the same stride.", minimum=1, maximum=16),
-    Parameter("inference_dtype", "float32", (str,), "inference",
+    Parameter("inference_dtype", "auto", (str,), "inference",
               "Precision of the network at inference and threshold choice: 'float32' (exact), 'bfloat16' (only "
               "where native: CPUs with AVX-512 BF16 or AMX, GPUs of compute capability 8.0+), 'float16' (GPUs "
               "only) or 'auto' (bfloat16 where native, else float32; see docs/speed.md). Training: see "
@@ -221,6 +226,14 @@ PARAMETERS: tuple[Parameter, ...] = (
 )
 
 PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
+
+# The exact published path (Han & Wang 2024, as this implementation follows it): every feature reads every channel,
+# float32 throughout, the network at every sample, every annotated spike in every one of up to 30 epochs.
+# run_sorter("esort", recording, **PUBLISHED_PARAMS) takes it; docs/defaults.md compares it with the defaults.
+PUBLISHED_PARAMS = dict(
+    spatial_radius_um=None, training_dtype="float32", inference_dtype="float32", inference_stride=1,
+    epochs=30, patience=5, spikes_per_epoch=None,
+)
 
 
 def default_params() -> dict:

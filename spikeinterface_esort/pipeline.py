@@ -96,6 +96,28 @@ def file_log(folder: Path):
         handler.close()
 
 
+STEP_NAMES = {  # timings.json key -> what the step is, in a user's words
+    "preprocessing": "preparing the recording (filter, noise levels)",
+    "annotation": "annotating the training window",
+    "training": "training the network",
+    "validation": "choosing thresholds on held-out annotations",
+    "inference": "sorting the whole recording",
+}
+
+
+def run_summary(seconds: dict, recording_s: float) -> str:
+    """The end-of-run summary: total wall time, each step's in words (``STEP_NAMES``), and how many times faster
+    than real time the whole recording was sorted. ``seconds``: ``StepTimer.seconds`` (as saved in timings.json)."""
+    total = sum(seconds.get(step, 0.0) for step in STEP_NAMES)
+    lines = [f"esort sorted {recording_s:.1f} s of recording in {total:.1f} s:"]
+    for step, words in STEP_NAMES.items():
+        if step in seconds:
+            lines.append(f"  {words:<48s} {seconds[step]:8.1f} s")
+    if seconds.get("inference", 0.0) > 0:
+        lines.append(f"  the sort ran at {recording_s / seconds['inference']:.1f}x real time")
+    return "\n".join(lines)
+
+
 class StepTimer:
     """Wall time of each named pipeline step, logged as it ends."""
 
@@ -279,6 +301,10 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
         np.save(folder / "spike_probabilities.npy", detected.probability)
         (folder / "validation.json").write_text(json.dumps(model.validation, indent=2, default=_json_default), encoding="utf8")
         (folder / "timings.json").write_text(json.dumps(timer.seconds, indent=2), encoding="utf8")
+        summary = run_summary(timer.seconds, recording.get_total_duration())
+        logger.info("%s", summary)
+        if verbose:
+            print(summary, flush=True)
         # written under another name, then renamed: a crash never leaves a sorting that loads as complete
         partial = folder / "sorting.partial"
         sorting.save(folder=partial, overwrite=True)

@@ -120,11 +120,16 @@ class WindowSampler:
         return targets
 
     def draw(
-        self, rng: np.random.Generator, windows_per_spike: int, negative_ratio: float
+        self, rng: np.random.Generator, windows_per_spike: int, negative_ratio: float, num_spikes: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Positive centres (each anchor spike shifted by a random offset within +-jitter) and as many
-        negative centres times ``negative_ratio``; returns (centres, targets), shuffled."""
-        anchors = np.repeat(self.anchor_samples, windows_per_spike)
+        """Positive centres (each anchor spike shifted by a random offset within +-jitter) and as many negative
+        centres times ``negative_ratio``; returns (centres, targets), shuffled. With ``num_spikes``, exactly that many
+        anchor spikes are drawn: a random subset where there are more (another at each draw), else every anchor
+        spike as many times as fits, the remainder drawn at random."""
+        anchors = self.anchor_samples
+        if num_spikes is not None and len(anchors) > 0:
+            anchors = anchors[np.resize(rng.permutation(len(anchors)), num_spikes)]
+        anchors = np.repeat(anchors, windows_per_spike)
         positives = anchors + rng.integers(-self.jitter, self.jitter + 1, size=len(anchors))
         positives = positives[(positives >= self.center_lo) & (positives < self.center_hi)]
         num_negatives = int(round(len(positives) * negative_ratio))
@@ -221,7 +226,8 @@ def train_network(
     epochs = tqdm(range(params["epochs"]), desc="esort training", unit="epoch", disable=not progress_bar)
     for epoch in epochs:
         t0 = time.perf_counter()
-        centres, targets = train_sampler.draw(rng, params["windows_per_spike"], params["negative_ratio"])
+        centres, targets = train_sampler.draw(rng, params["windows_per_spike"], params["negative_ratio"],
+                                              params.get("spikes_per_epoch"))
         centres, targets = torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device)
         network.train()
         total, count = 0.0, 0

@@ -63,8 +63,14 @@ def test_benchmark_writes_held_out_scores_table_and_plots(benchmark_folder, smal
     assert "held-out 4 s" in report and "Command: `python -m spikeinterface_esort.benchmark" in report
     info = json.loads((benchmark_folder / "results.json").read_text())["info"]
     assert info["annotation_s"] == 8 and info["scored_against"] == "ground truth"
-    for png in ("accuracy_vs_snr.png", "run_time.png"):
+    for png in ("accuracy_vs_snr.png", "run_time.png", "accuracy_vs_time.png"):
         assert (benchmark_folder / png).read_bytes()[:4] == b"\x89PNG"
+    # peak memory of each run, and the held-out part scored again in time bins (one 4 s bin here)
+    assert (table.loc[["esort_ground_truth", "simple"], "peak_rss_mb"] >= 100).all()
+    timecourse = pd.read_csv(benchmark_folder / "timecourse.csv").set_index("case")
+    assert list(timecourse.index) == ["esort_ground_truth", "simple"]
+    assert timecourse.loc["esort_ground_truth", "accuracy"] == pytest.approx(esort["accuracy"])
+    assert (timecourse["start_s"] == 8.0).all() and (timecourse["end_s"] == 12.0).all()
     # the table and plots can be drawn again from results.json alone
     from spikeinterface_esort.benchmark import redraw
     (benchmark_folder / "results.md").unlink()
@@ -101,6 +107,8 @@ def test_bad_benchmark_input(small_recording, multi_segment_recording, tmp_path)
     recording, truth, gt_folder = small_recording
     with pytest.raises(ValueError, match="annotation window"):
         run_benchmark(BenchmarkData(recording, truth, gt_folder, 30.0), tmp_path, ["simple"])
+    with pytest.raises(ValueError, match="learn from scored data"):  # esort's default window is 6 s of 12 s
+        run_benchmark(BenchmarkData(recording, truth, gt_folder, 5.0), tmp_path, ["esort"])
     recording2, truth2, gt_folder2 = multi_segment_recording
     with pytest.raises(ValueError, match="one-segment"):
         run_benchmark(BenchmarkData(recording2, truth2, gt_folder2, 5.0), tmp_path, ["simple"])

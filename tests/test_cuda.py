@@ -39,13 +39,12 @@ def test_a_model_sorts_on_the_gpu_as_on_the_cpu(small_recording, small_esort_run
     assert equal_fraction(cpu, gpu) >= 0.99 and equal_fraction(gpu, cpu) >= 0.99
 
 
-def test_run_sorter_on_the_gpu_with_the_fast_settings(ground_truth_recording, tmp_path):
+def test_run_sorter_on_the_gpu_with_the_defaults(ground_truth_recording, tmp_path):
     recording, ground_truth, gt_folder = ground_truth_recording
     folder = tmp_path / "esort_gpu"
     sorting = si.run_sorter(
         "esort", recording, folder=folder, annotation_sorting_path=str(gt_folder), train_duration_s=20.0,
-        torch_device="cuda", training_dtype="auto", inference_dtype="auto", inference_stride=2, epochs=10,
-        spatial_radius_um=100.0,
+        torch_device="cuda",
     )
     accuracy = held_out_performance(sorting, ground_truth, recording.get_num_samples() // 2)["accuracy"]
     assert accuracy.mean() >= 0.85, accuracy

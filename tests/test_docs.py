@@ -61,7 +61,7 @@ def test_benchmark_commands_in_the_docs_parse():
     assert len(commands) >= 3
     for command in commands:
         args = build_parser().parse_args(command.split("spikeinterface_esort.benchmark", 1)[1].split())
-        assert all(case in SORTERS + ("esort_fast",) for case in args.sorters)
+        assert all(case in SORTERS + ("esort_published",) for case in args.sorters)
 
 
 def test_speed_doc_commands_parse():
@@ -99,8 +99,8 @@ def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     accuracy = float(re.search(r"held-out accuracy ([0-9.]+)", printed).group(1))
     assert accuracy > 0.85, printed
-    fast_accuracy = float(re.search(r"fast settings: held-out accuracy ([0-9.]+)", printed).group(1))
-    assert fast_accuracy > 0.85, printed
+    published_accuracy = float(re.search(r"published path: held-out accuracy ([0-9.]+)", printed).group(1))
+    assert published_accuracy > 0.85, printed
     assert "esort_validation_accuracy" in printed
     assert (tmp_path / "guide" / "tuned_model" / "model.json").is_file()
     # the install block is the README's

@@ -1,0 +1,185 @@
+"""Defaults chosen by measurement: esort's held-out accuracy and wall time for candidate settings, per preset.
+
+    python -m spikeinterface_esort.settings_study --folder esort_settings --presets small np1 drifting long \
+        --candidates published defaults "inference_stride=4" --long-duration 180
+
+For each benchmark preset (``benchmark.PRESETS``: the same saved recordings) and each candidate (a name in
+``CANDIDATES``, or ``name=value`` pairs joined by commas applied over the defaults), esort runs through
+``run_sorter`` trained on the ground truth of the preset's annotation window, and is scored on the held-out rest
+with ``compare_sorter_to_ground_truth``. Ground-truth annotations keep the teacher's errors out of the comparison:
+what changes between rows is the network's settings alone. Each row gives held-out accuracy, its difference from
+the ``published`` candidate on the same preset (mean and worst unit), run_sorter's wall time and esort's training
+and inference steps. ``--teacher-windows`` adds rows for the annotation window instead: esort with its defaults
+and the default teacher on windows of the given lengths, on the ``long`` preset, scored after the longest window.
+Written to ``folder``: ``settings.csv`` and ``settings.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from .parameters import PUBLISHED_PARAMS, default_params
+
+CANDIDATES = {
+    "published": PUBLISHED_PARAMS,
+    "defaults": {},
+}
+
+
+def candidate_params(candidate: str) -> dict:
+    """A candidate's esort parameters: a name of ``CANDIDATES``, or ``name=value,name=value`` over the defaults
+    (values read as JSON where they parse, e.g. ``inference_stride=4,spatial_radius_um=null``)."""
+    if candidate in CANDIDATES:
+        return dict(CANDIDATES[candidate])
+    params = {}
+    for pair in candidate.split(","):
+        name, _, text = pair.partition("=")
+        if name.strip() not in default_params():
+            raise ValueError(f"candidate {candidate!r}: {name.strip()!r} is not an esort parameter")
+        try:
+            params[name.strip()] = json.loads(text)
+        except json.JSONDecodeError:
+            params[name.strip()] = text
+    return params
+
+
+def _steps(sorter_folder: Path) -> dict:
+    timings = json.loads((sorter_folder / "sorter_output" / "timings.json").read_text())
+    return dict(annotation_s=timings.get("annotation", 0.0),
+                training_s=timings.get("training", 0.0) + timings.get("validation", 0.0),
+                inference_s=timings.get("inference", 0.0))
+
+
+def preset_recording(preset: str, folder: Path, long_duration_s: float | None):
+    """The preset's saved recording (the ``long`` preset's first ``long_duration_s`` seconds, when given)."""
+    from .benchmark import BenchmarkData, PRESETS, preset_data
+
+    data, description = preset_data(preset, folder / preset)
+    if preset == "long" and long_duration_s and long_duration_s < data.recording.get_total_duration():
+        end = int(round(long_duration_s * data.recording.get_sampling_frequency()))
+        annotation_s = PRESETS["long"].annotation_s(long_duration_s)
+        data = BenchmarkData(data.recording.frame_slice(0, end), data.truth.frame_slice(0, end), data.truth_folder,
+                             annotation_s)
+        description += f"; its first {long_duration_s:g} s"
+    return data, description
+
+
+def settings_study(folder: Path, presets: list[str], candidates: list[str], long_duration_s: float | None = None,
+                   n_jobs: int | None = None) -> list[dict]:
+    from .datasets import held_out_performance, sort_and_score
+
+    n_jobs = n_jobs or os.cpu_count() or 1
+    rows = []
+    for preset in presets:
+        data, description = preset_recording(preset, folder, long_duration_s)
+        reference = None
+        for candidate in candidates:
+            params = candidate_params(candidate)
+            sorter_folder = folder / preset / "runs" / candidate.replace("=", "_").replace(",", "__")
+            print(f"{preset}: esort {candidate} ...", flush=True)
+            sorting, scores, performance = sort_and_score(
+                "esort", data.recording, data.truth, sorter_folder, data.held_out_start_frame,
+                annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s,
+                job_kwargs=dict(n_jobs=n_jobs), **params,
+            )
+            if candidate == "published":
+                reference = performance["accuracy"]
+            row = dict(preset=preset, candidate=candidate, accuracy=scores["accuracy"],
+                       precision=scores["precision"], recall=scores["recall"], time_s=scores["time_s"],
+                       **_steps(sorter_folder))
+            if reference is not None:
+                delta = performance["accuracy"] - reference
+                row.update(delta=float(delta.mean()), worst_unit_delta=float(delta.min()))
+            rows.append(row)
+            print(f"  accuracy {row['accuracy']:.3f}, {row['time_s']:.1f} s (training {row['training_s']:.1f} s, "
+                  f"inference {row['inference_s']:.1f} s)", flush=True)
+    return rows
+
+
+def teacher_window_study(folder: Path, windows_s: list[float], long_duration_s: float | None = None,
+                         n_jobs: int | None = None) -> list[dict]:
+    """esort with its defaults and the default teacher, annotated on windows of ``windows_s`` seconds of the
+    ``long`` preset, scored after the longest window."""
+    from .datasets import sort_and_score
+
+    n_jobs = n_jobs or os.cpu_count() or 1
+    data, _ = preset_recording("long", folder, long_duration_s)
+    fs = data.recording.get_sampling_frequency()
+    start = int(round(max(windows_s) * fs))
+    rows = []
+    for window_s in windows_s:
+        sorter_folder = folder / "long" / "runs" / f"teacher_window_{window_s:g}s"
+        print(f"long: esort, default teacher on {window_s:g} s ...", flush=True)
+        _, scores, _ = sort_and_score("esort", data.recording, data.truth, sorter_folder, start,
+                                      train_duration_s=float(window_s), job_kwargs=dict(n_jobs=n_jobs))
+        row = dict(preset="long", candidate=f"train_duration_s={window_s:g} (default teacher)",
+                   accuracy=scores["accuracy"], precision=scores["precision"], recall=scores["recall"],
+                   time_s=scores["time_s"], **_steps(sorter_folder))
+        rows.append(row)
+        print(f"  accuracy {row['accuracy']:.3f}, {row['time_s']:.1f} s (teacher {row['annotation_s']:.1f} s)", flush=True)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    columns = ["preset", "candidate", "accuracy", "delta", "worst_unit_delta", "time_s", "annotation_s", "training_s",
+               "inference_s"]
+    header = ["preset", "candidate", "held-out accuracy", "- published (mean)", "- published (worst unit)",
+              "run_sorter (s)", "annotation (s)", "training + thresholds (s)", "inference (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column)
+            if value is None or (isinstance(value, float) and value != value):
+                cells.append("")
+            elif column in ("delta", "worst_unit_delta"):
+                cells.append(f"{value:+.3f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3f}" if column == "accuracy" else f"{value:.1f}")
+            else:
+                cells.append(f"`{value}`" if column == "candidate" else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .benchmark import PRESETS
+
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.settings_study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", default="esort_settings")
+    parser.add_argument("--presets", nargs="+", default=["small", "np1", "drifting", "long"], choices=sorted(PRESETS))
+    parser.add_argument("--candidates", nargs="+", default=["published", "defaults"],
+                        help=f"names ({', '.join(CANDIDATES)}) or name=value,name=value over the defaults")
+    parser.add_argument("--long-duration", type=float, help="use only the first S seconds of the long preset")
+    parser.add_argument("--teacher-windows", nargs="*", type=float, default=[],
+                        help="also: esort with its defaults and default teacher on these training windows (s) of 'long'")
+    parser.add_argument("--n-jobs", type=int, help="CPU threads (default: all cores)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    folder = Path(args.folder).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    for candidate in args.candidates:
+        candidate_params(candidate)  # refuse a bad candidate before hours of work
+    rows = settings_study(folder, args.presets, args.candidates, args.long_duration, args.n_jobs) if args.candidates else []
+    if args.teacher_windows:
+        rows += teacher_window_study(folder, args.teacher_windows, args.long_duration, args.n_jobs)
+    pd.DataFrame(rows).to_csv(folder / "settings.csv", index=False)
+    command = " ".join(["python -m spikeinterface_esort.settings_study"] + (sys.argv[1:] if argv is None else list(argv)))
+    (folder / "settings.md").write_text(f"Command: `{command}`\n\n" + markdown(rows))
+    print()
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
