@@ -18,7 +18,7 @@ from spikeinterface.core import BaseRecording, BaseSorting
 
 logger = logging.getLogger("spikeinterface_esort")
 
-MAX_DEFAULT_TRAIN_DURATION_S = 120.0
+MAX_DEFAULT_TRAIN_DURATION_S = 60.0
 
 
 @dataclass

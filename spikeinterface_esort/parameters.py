@@ -123,7 +123,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Start of the training window in the first segment, in s.", minimum=0.0),
     Parameter("train_duration_s", None, (float, None), "annotation",
               "Length of the training window, in s. None: the first half of the first segment, "
-              "at most 120 s.", minimum=0.0, exclusive=True),
+              "at most 60 s (docs/defaults.md).", minimum=0.0, exclusive=True),
     Parameter("annotated_spikes_per_unit", None, (int, None), "annotation",
               "Few-shot training: only the first k annotated spikes of each unit in the training window are "
               "positives (negatives still avoid every annotated spike). With k set, no other annotation is used: "

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sorters", nargs="+", default=["esort", "spykingcircus2"], help="benchmark cases")
     parser.add_argument("--folder", default="esort_scaling")
     parser.add_argument("--n-jobs", type=int, help="CPU jobs for every sorter (default: all cores)")
+    parser.add_argument("--only-existing", action="store_true",
+                        help="run nothing new: tabulate the lengths and sorters already run in --folder")
     return parser
 
 
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         length_folder = folder / f"length_{length_s:g}s"
         recording_file, truth_folder, annotation_s = length_data(data.recording, data.truth, length_folder, length_s)
         for sorter in args.sorters:
+            if args.only_existing and not (length_folder / "study" / "results" / sorter / "run_time.pickle").is_file():
+                print(f"{length_s:g} s: {sorter} not run yet: left out (--only-existing)", flush=True)
+                continue
             print(f"{length_s:g} s: {sorter} ...", flush=True)
             row = run_one(recording_file, truth_folder, annotation_s, length_folder, sorter, n_jobs)
             rows.append(dict(length_s=length_s, **row))

@@ -49,11 +49,33 @@ def candidate_params(candidate: str) -> dict:
     return params
 
 
+def sort_or_reuse(sorter_folder: Path, data, **params):
+    """``datasets.sort_and_score`` of esort with ``params``, unless ``sorter_folder`` already holds a finished run
+    with the same parameters (all of them, defaults included): then that run's sorting and wall time, scored."""
+    from spikeinterface.sorters import read_sorter_folder
+
+    from .datasets import held_out_performance, sort_and_score, summarise
+
+    expected = json.loads(json.dumps(dict(default_params(), **params)))
+    params_file, log_file = sorter_folder / "spikeinterface_params.json", sorter_folder / "spikeinterface_log.json"
+    if (sorter_folder / "sorter_output" / "sorting").is_dir() and params_file.is_file() and log_file.is_file():
+        log = json.loads(log_file.read_text())
+        if json.loads(params_file.read_text())["sorter_params"] == expected and not log.get("error"):
+            sorting = read_sorter_folder(sorter_folder, register_recording=False)
+            performance = held_out_performance(sorting, data.truth, data.held_out_start_frame)
+            scores = dict(summarise(performance), time_s=float(log["run_time"]))
+            print("  (already run with the same parameters: reused)", flush=True)
+            return sorting, scores, performance
+    return sort_and_score("esort", data.recording, data.truth, sorter_folder, data.held_out_start_frame, **params)
+
+
 def _steps(sorter_folder: Path) -> dict:
-    timings = json.loads((sorter_folder / "sorter_output" / "timings.json").read_text())
-    return dict(annotation_s=timings.get("annotation", 0.0),
-                training_s=timings.get("training", 0.0) + timings.get("validation", 0.0),
-                inference_s=timings.get("inference", 0.0))
+    """esort's teacher, training (with thresholds) and inference (with post-processing) wall times (s)."""
+    from .benchmark import _esort_steps
+
+    steps = _esort_steps(sorter_folder, 0.0)
+    return dict(annotation_s=steps["annotation_s"], training_s=steps["training_s"],
+                inference_s=steps["inference_s"] + steps["postprocessing_s"])
 
 
 def preset_recording(preset: str, folder: Path, long_duration_s: float | None):
@@ -72,8 +94,6 @@ def preset_recording(preset: str, folder: Path, long_duration_s: float | None):
 
 def settings_study(folder: Path, presets: list[str], candidates: list[str], long_duration_s: float | None = None,
                    n_jobs: int | None = None) -> list[dict]:
-    from .datasets import held_out_performance, sort_and_score
-
     n_jobs = n_jobs or os.cpu_count() or 1
     rows = []
     for preset in presets:
@@ -83,9 +103,8 @@ def settings_study(folder: Path, presets: list[str], candidates: list[str], long
             params = candidate_params(candidate)
             sorter_folder = folder / preset / "runs" / candidate.replace("=", "_").replace(",", "__")
             print(f"{preset}: esort {candidate} ...", flush=True)
-            sorting, scores, performance = sort_and_score(
-                "esort", data.recording, data.truth, sorter_folder, data.held_out_start_frame,
-                annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s,
+            sorting, scores, performance = sort_or_reuse(
+                sorter_folder, data, annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s,
                 job_kwargs=dict(n_jobs=n_jobs), **params,
             )
             if candidate == "published":
@@ -106,18 +125,17 @@ def teacher_window_study(folder: Path, windows_s: list[float], long_duration_s: 
                          n_jobs: int | None = None) -> list[dict]:
     """esort with its defaults and the default teacher, annotated on windows of ``windows_s`` seconds of the
     ``long`` preset, scored after the longest window."""
-    from .datasets import sort_and_score
+    from .benchmark import BenchmarkData
 
     n_jobs = n_jobs or os.cpu_count() or 1
     data, _ = preset_recording("long", folder, long_duration_s)
-    fs = data.recording.get_sampling_frequency()
-    start = int(round(max(windows_s) * fs))
     rows = []
     for window_s in windows_s:
         sorter_folder = folder / "long" / "runs" / f"teacher_window_{window_s:g}s"
         print(f"long: esort, default teacher on {window_s:g} s ...", flush=True)
-        _, scores, _ = sort_and_score("esort", data.recording, data.truth, sorter_folder, start,
-                                      train_duration_s=float(window_s), job_kwargs=dict(n_jobs=n_jobs))
+        scored = BenchmarkData(data.recording, data.truth, data.truth_folder, max(windows_s))
+        _, scores, _ = sort_or_reuse(sorter_folder, scored, train_duration_s=float(window_s),
+                                     job_kwargs=dict(n_jobs=n_jobs))
         row = dict(preset="long", candidate=f"train_duration_s={window_s:g} (default teacher)",
                    accuracy=scores["accuracy"], precision=scores["precision"], recall=scores["recall"],
                    time_s=scores["time_s"], **_steps(sorter_folder))
@@ -155,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", default="esort_settings")
     parser.add_argument("--presets", nargs="+", default=["small", "np1", "drifting", "long"], choices=sorted(PRESETS))
-    parser.add_argument("--candidates", nargs="+", default=["published", "defaults"],
+    parser.add_argument("--candidates", nargs="*", default=["published", "defaults"],
                         help=f"names ({', '.join(CANDIDATES)}) or name=value,name=value over the defaults")
     parser.add_argument("--long-duration", type=float, help="use only the first S seconds of the long preset")
     parser.add_argument("--teacher-windows", nargs="*", type=float, default=[],

@@ -48,6 +48,9 @@ def test_readme_demo_command_runs(command, tmp_path):
     row = re.search(r"esort \(ground_truth annotations\)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)", result.stdout)
     assert row and float(row.group(1)) > 0.85, result.stdout
     assert (tmp_path / "esort_demo" / "esort" / "sorter_output" / "sorting").is_dir()
+    # each step's time in a user's words; the internal figures stay in timings.json and the log
+    assert "training the network" in result.stdout and "x real time" in result.stdout
+    assert "tuner" not in result.stdout and "inference_" not in result.stdout
 
 
 def test_benchmark_commands_in_the_docs_parse():
@@ -105,3 +108,21 @@ def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "guide" / "tuned_model" / "model.json").is_file()
     # the install block is the README's
     assert fenced_blocks(guide, "bash")[0].strip() == fenced_blocks(README, "bash")[0].strip()
+
+
+@pytest.mark.parametrize("module", ["settings_study", "scaling", "benchmark"])
+def test_long_recording_and_defaults_commands_in_the_docs_parse(module):
+    """The settings-study, scaling and benchmark commands of docs/*.md use existing options, presets and
+    parameters (running them takes hours: tests/test_long_preset.py runs the same code at a small size)."""
+    import importlib
+
+    tool = importlib.import_module(f"spikeinterface_esort.{module}")
+    text = "\n".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))
+    lines = "\n".join(fenced_blocks(text, "bash")).replace("\\\n", " ").splitlines()
+    commands = [line for line in lines if f"spikeinterface_esort.{module} " in line]
+    assert commands
+    for command in commands:
+        args = tool.build_parser().parse_args(command.split(f"spikeinterface_esort.{module}", 1)[1].split())
+        if module == "settings_study":
+            for candidate in args.candidates:
+                tool.candidate_params(candidate)  # names a candidate or existing parameters

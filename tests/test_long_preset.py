@@ -42,7 +42,7 @@ def test_long_preset_scores_after_esorts_default_window(tmp_path, monkeypatch):
         annotation_s=PRESETS["long"].annotation_s))
     data, description = preset_data("long", tmp_path, duration_s=6.0)
     assert data.annotation_s == 3.0 and data.held_out_start_frame == 90000 and "Neuropixels 1.0" in description
-    assert PRESETS["long"].annotation_s(600.0) == 120.0  # at most 120 s
+    assert PRESETS["long"].annotation_s(600.0) == 60.0  # at most 60 s
 
 
 def test_time_bins_cover_the_held_out_part():
