@@ -43,14 +43,15 @@ def length_data(recording, truth, folder: Path, length_s: float) -> tuple[Path, 
     return recording_file, truth_folder, default_train_duration_s(length_s)
 
 
-def run_one(recording_file: Path, truth_folder: Path, annotation_s: float, folder: Path, sorter: str,
-            n_jobs: int) -> dict:
-    """One sorter on one length, in a fresh process (the benchmark's command): its results row."""
+def run_benchmark_process(recording_file: Path, truth_folder: Path, annotation_s: float, folder: Path,
+                          sorters: list[str], n_jobs: int) -> pd.DataFrame:
+    """The benchmark's command in a fresh process (sorters already run in ``folder`` are only scored again): its
+    results table, one row per sorter."""
     command = [sys.executable, "-m", "spikeinterface_esort.benchmark", "--recording", str(recording_file),
                "--ground-truth", str(truth_folder), "--annotation-s", f"{annotation_s:g}", "--folder", str(folder),
-               "--sorters", sorter, "--n-jobs", str(n_jobs)]
+               "--sorters", *sorters, "--n-jobs", str(n_jobs)]
     subprocess.run(command, check=True)
-    return pd.read_csv(folder / "results.csv").set_index("case").loc[sorter].to_dict()
+    return pd.read_csv(folder / "results.csv").set_index("case")
 
 
 def fit_lines(table: pd.DataFrame) -> pd.DataFrame:
@@ -90,7 +91,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for sorter, part in table.groupby("sorter", sort=False):
+    for sorter, part in table.sort_values("length_s").groupby("sorter", sort=False):
         minutes = part["length_s"] / 60.0
         left.plot(minutes, part["run_time_s"], marker="o", label=sorter)
         right.plot(minutes, part["peak_rss_mb"], marker="o", label=sorter)
@@ -129,13 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     for length_s in args.lengths:
         length_folder = folder / f"length_{length_s:g}s"
         recording_file, truth_folder, annotation_s = length_data(data.recording, data.truth, length_folder, length_s)
+        done = []
         for sorter in args.sorters:
             if args.only_existing and not (length_folder / "study" / "results" / sorter / "run_time.pickle").is_file():
                 print(f"{length_s:g} s: {sorter} not run yet: left out (--only-existing)", flush=True)
                 continue
             print(f"{length_s:g} s: {sorter} ...", flush=True)
-            row = run_one(recording_file, truth_folder, annotation_s, length_folder, sorter, n_jobs)
-            rows.append(dict(length_s=length_s, **row))
+            # one sorter per process, so that its peak RSS is its own
+            run_benchmark_process(recording_file, truth_folder, annotation_s, length_folder, [sorter], n_jobs)
+            done.append(sorter)
+        if done:  # the length's folder ends with every sorter's table, time bins and plots together
+            table = run_benchmark_process(recording_file, truth_folder, annotation_s, length_folder, done, n_jobs)
+            rows += [dict(length_s=length_s, **table.loc[sorter].to_dict()) for sorter in done]
     table = pd.DataFrame(rows)
     fits = fit_lines(table)
     table.to_csv(folder / "scaling.csv", index=False)
