@@ -7,9 +7,12 @@ from spikeinterface_esort import ESortModel, OnlineSorter
 from spikeinterface_esort.online import stream
 
 
-@pytest.mark.parametrize("chunk_samples", [7, 1000, 30000])
-def test_concatenated_online_output_equals_the_offline_sort(small_recording, small_esort_run, chunk_samples):
+@pytest.mark.parametrize("chunk_samples, seconds", [(7, 2.0), (1000, None), (30000, None)])
+def test_concatenated_online_output_equals_the_offline_sort(small_recording, small_esort_run, chunk_samples, seconds):
+    """Any chunking gives the offline spikes; 7-sample chunks (one network call each) on the first 2 s only."""
     recording = small_recording[0]
+    if seconds is not None:
+        recording = recording.frame_slice(0, int(seconds * recording.get_sampling_frequency()))
     model = ESortModel.load(small_esort_run[0])
     offline = model.sort(recording).to_spike_vector()
     traces = recording.get_traces(return_in_uV=False)
