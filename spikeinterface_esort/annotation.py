@@ -1,10 +1,10 @@
 """Annotation: labelled spikes in the training window.
 
-The training window is ``[train_start_s, train_start_s + train_duration_s)`` of the
-first segment. Annotations come from a saved SpikeInterface sorting
-(``annotation_sorting_path``: curated sorting or ground truth) or, failing that,
-from a SpikeInterface sorter run on the window through ``run_sorter``
-(``annotation_sorter``).
+The training window is ``train_duration_s`` seconds of the first segment, from ``train_start_s``: one
+piece, or on a long segment ``train_pieces`` pieces spread evenly to the segment's end, so that the
+network sees every unit wherever the probe has drifted. Annotations come from a saved SpikeInterface
+sorting (``annotation_sorting_path``: curated sorting or ground truth) or, failing that, from a
+SpikeInterface sorter run on the window's pieces end to end through ``run_sorter`` (``annotation_sorter``).
 """
 
 from __future__ import annotations
@@ -19,24 +19,82 @@ from spikeinterface.core import BaseRecording, BaseSorting
 logger = logging.getLogger("spikeinterface_esort")
 
 MAX_DEFAULT_TRAIN_DURATION_S = 60.0
+DEFAULT_TRAIN_PIECES = 6
+SPREAD_FROM_WINDOWS = 4  # train_pieces None: spread only over a segment at least this many windows long
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingWindow:
-    """Samples ``[start_frame, end_frame)`` of segment 0."""
+    """The training window: ``pieces``, frames ``[start, end)`` of segment 0 in time order.
 
-    start_frame: int
-    end_frame: int
+    Training reads the window as one recording, the *training recording*: the first ``1 -
+    validation_fraction`` of every piece end to end (the training part), then the last
+    ``validation_fraction`` of every piece (the validation part), so that both parts cover every
+    piece. Annotations are kept in the training recording's frames.
+    """
+
+    pieces: tuple[tuple[int, int], ...]
+    validation_fraction: float = 0.0
 
     @property
     def num_samples(self) -> int:
-        return self.end_frame - self.start_frame
+        return sum(end - start for start, end in self.pieces)
+
+    def parts(self) -> list[tuple[int, int]]:
+        """Frames of segment 0 that make up the training recording, in its order (adjacent ones merged)."""
+        cuts = [start + int(round((end - start) * (1.0 - self.validation_fraction))) for start, end in self.pieces]
+        parts = [(s, c) for (s, _), c in zip(self.pieces, cuts)] + [(c, e) for (_, e), c in zip(self.pieces, cuts)]
+        merged: list[tuple[int, int]] = []
+        for start, end in parts:
+            if end <= start:
+                continue
+            if merged and merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+        return merged
+
+    def validation_parts(self) -> list[tuple[int, int]]:
+        """Frames of segment 0 held out for validation: the last ``validation_fraction`` of each piece."""
+        cuts = [start + int(round((end - start) * (1.0 - self.validation_fraction))) for start, end in self.pieces]
+        return [(c, e) for (_, e), c in zip(self.pieces, cuts) if e > c]
+
+    @property
+    def num_training_samples(self) -> int:
+        """Samples of the training part: frames ``[0, num_training_samples)`` of the training recording."""
+        return sum(int(round((end - start) * (1.0 - self.validation_fraction))) for start, end in self.pieces)
+
+    def training_recording(self, recording: BaseRecording) -> BaseRecording:
+        """Segment 0 of ``recording`` cut to the training recording (``parts`` end to end)."""
+        return _cut(recording, self.parts())
+
+    def teacher_recording(self, recording: BaseRecording) -> BaseRecording:
+        """Segment 0 of ``recording`` cut to the window's pieces end to end, in time order (what the teacher sorts)."""
+        return _cut(recording, list(self.pieces))
+
+    def from_pieces_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames of the pieces end to end (the teacher's recording) -> (which fall in them, frames of segment 0)."""
+        return _map_frames(np.asarray(frames, dtype=np.int64), list(self.pieces), forward=False)
+
+    def to_training_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames of segment 0 -> (which fall in the window, their frames in the training recording)."""
+        return _map_frames(np.asarray(frames, dtype=np.int64), self.parts(), forward=True)
+
+    def describe(self, sampling_frequency: float) -> str:
+        fs = sampling_frequency
+        if len(self.pieces) == 1:
+            (start, end), = self.pieces
+            return f"{(end - start) / fs:.1f} s from {start / fs:.1f} s"
+        lengths = {round((e - s) / fs, 1) for s, e in self.pieces}
+        length = f"{lengths.pop():g} s" if len(lengths) == 1 else "pieces"
+        starts = ", ".join(f"{s / fs:.0f}" for s, _ in self.pieces)
+        return f"{self.num_samples / fs:.1f} s in {len(self.pieces)} pieces of {length} starting at {starts} s"
 
 
 @dataclass
 class Annotations:
-    """Annotated spikes in the training window: sample indices (in segment 0, absolute) and unit
-    indices into ``unit_ids``, sorted by time."""
+    """Annotated spikes in the training window: sample indices in the training recording (see
+    ``TrainingWindow``) and unit indices into ``unit_ids``, sorted by sample."""
 
     sample_index: np.ndarray
     unit_index: np.ndarray
@@ -51,35 +109,85 @@ class Annotations:
         return np.bincount(self.unit_index, minlength=self.num_units)
 
 
+def _cut(recording: BaseRecording, parts: list[tuple[int, int]]) -> BaseRecording:
+    from spikeinterface.core import concatenate_recordings, select_segment_recording
+
+    segment = select_segment_recording(recording, 0) if recording.get_num_segments() > 1 else recording
+    slices = [segment.frame_slice(start, end) for start, end in parts]
+    return slices[0] if len(slices) == 1 else concatenate_recordings(slices)
+
+
+def _map_frames(frames: np.ndarray, parts: list[tuple[int, int]], forward: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``forward``: frames of segment 0 -> frames of ``parts`` end to end (and which fall in a part);
+    else the inverse. Returns (kept mask, mapped frames of the kept ones)."""
+    lengths = np.array([end - start for start, end in parts], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    starts = np.array([start for start, _ in parts], dtype=np.int64)
+    if forward:
+        keep = np.zeros(len(frames), dtype=bool)
+        mapped = np.zeros(len(frames), dtype=np.int64)
+        for start, length, offset in zip(starts, lengths, offsets):
+            inside = (frames >= start) & (frames < start + length)
+            keep |= inside
+            mapped[inside] = frames[inside] - start + offset
+        return keep, mapped[keep]
+    keep = (frames >= 0) & (frames < lengths.sum())
+    part = np.searchsorted(offsets, frames[keep], side="right") - 1
+    return keep, frames[keep] - offsets[part] + starts[part]
+
+
 def default_train_duration_s(segment_s: float) -> float:
     """The training window's length (s) when ``train_duration_s`` is None: the first half of a first segment of
     ``segment_s`` seconds, at most ``MAX_DEFAULT_TRAIN_DURATION_S``."""
     return min(segment_s / 2.0, MAX_DEFAULT_TRAIN_DURATION_S)
 
 
-def training_window(recording: BaseRecording, params: dict) -> TrainingWindow:
-    """The training window in frames, checked against the first segment."""
-    fs = recording.get_sampling_frequency()
-    num_samples = recording.get_num_samples(segment_index=0)
-    segment_s = num_samples / fs
+def default_train_pieces(segment_s: float, duration_s: float, start_s: float = 0.0) -> int:
+    """How many pieces the window is cut into when ``train_pieces`` is None: ``DEFAULT_TRAIN_PIECES`` when the
+    segment from ``start_s`` is at least ``SPREAD_FROM_WINDOWS`` windows long, else 1 (a short recording drifts little)."""
+    return DEFAULT_TRAIN_PIECES if segment_s - start_s >= SPREAD_FROM_WINDOWS * duration_s else 1
+
+
+def training_pieces_s(segment_s: float, params: dict) -> list[tuple[float, float]]:
+    """The training window's pieces, (start, end) in s of a first segment ``segment_s`` s long, for ``params``
+    (``train_start_s``, ``train_duration_s``, ``train_pieces``); the first starts at ``train_start_s``, the last
+    ends at the segment's end."""
     start_s = float(params["train_start_s"])
     duration_s = params["train_duration_s"]
-    if duration_s is None:
-        duration_s = default_train_duration_s(segment_s)
+    duration_s = default_train_duration_s(segment_s) if duration_s is None else float(duration_s)
     if start_s >= segment_s:
         raise ValueError(
             f"esort parameter 'train_start_s'={start_s} s is outside the first segment ({segment_s:.3f} s long)."
         )
-    end_s = start_s + float(duration_s)
-    if end_s > segment_s + 1e-9:
+    if start_s + duration_s > segment_s + 1e-9:
         raise ValueError(
-            f"The training window {start_s}-{end_s} s (train_start_s + train_duration_s) is longer than the "
-            f"first segment of the recording ({segment_s:.3f} s); shorten 'train_duration_s'."
+            f"The training window {start_s}-{start_s + duration_s} s (train_start_s + train_duration_s) is longer "
+            f"than the first segment of the recording ({segment_s:.3f} s); shorten 'train_duration_s'."
         )
-    window = TrainingWindow(int(round(start_s * fs)), min(int(round(end_s * fs)), num_samples))
-    if window.num_samples <= 0:
-        raise ValueError(f"esort: the training window {start_s}-{end_s} s is empty.")
-    return window
+    count = params.get("train_pieces")
+    count = default_train_pieces(segment_s, duration_s, start_s) if count is None else int(count)
+    piece_s = duration_s / count
+    if count == 1:
+        return [(start_s, start_s + duration_s)]
+    step_s = (segment_s - start_s - piece_s) / (count - 1)
+    return [(start_s + k * step_s, start_s + k * step_s + piece_s) for k in range(count)]
+
+
+def training_window(recording: BaseRecording, params: dict) -> TrainingWindow:
+    """The training window in frames, checked against the first segment; its validation part is
+    ``validation_fraction`` of each piece (none in few-shot training, which holds nothing out)."""
+    fs = recording.get_sampling_frequency()
+    num_samples = recording.get_num_samples(segment_index=0)
+    pieces = tuple(
+        (int(round(a * fs)), min(int(round(b * fs)), num_samples)) for a, b in training_pieces_s(num_samples / fs, params)
+    )
+    if any(end <= start for start, end in pieces):
+        raise ValueError(
+            f"esort: the training window ({params['train_duration_s']} s in {len(pieces)} pieces from "
+            f"{params['train_start_s']} s) has an empty piece; lengthen 'train_duration_s' or lower 'train_pieces'."
+        )
+    fraction = 0.0 if params.get("annotated_spikes_per_unit") is not None else float(params.get("validation_fraction", 0.0))
+    return TrainingWindow(pieces, fraction)
 
 
 def load_annotation_sorting(path: str | Path) -> BaseSorting:
@@ -117,16 +225,22 @@ def check_sorting_matches(sorting: BaseSorting, recording: BaseRecording, what: 
         )
 
 
-def sorting_to_annotations(sorting: BaseSorting, window: TrainingWindow, offset: int, source: str) -> Annotations:
-    """Spikes of segment 0 of ``sorting`` (shifted by ``offset`` frames) that fall in ``window``."""
+def sorting_to_annotations(sorting: BaseSorting, window: TrainingWindow, source: str, teacher: bool = False) -> Annotations:
+    """Spikes of segment 0 of ``sorting`` in ``window``, in training-recording frames; ``teacher``: the sorting
+    is of the window's pieces end to end (``TrainingWindow.teacher_recording``), else of the whole segment."""
     spikes = sorting.to_spike_vector()
     spikes = spikes[spikes["segment_index"] == 0]
-    sample_index = spikes["sample_index"].astype(np.int64) + offset
-    keep = (sample_index >= window.start_frame) & (sample_index < window.end_frame)
-    order = np.argsort(sample_index[keep], kind="stable")
+    frames = spikes["sample_index"].astype(np.int64)
+    units = spikes["unit_index"].astype(np.int64)
+    if teacher:
+        inside, frames = window.from_pieces_frames(frames)
+        units = units[inside]
+    inside, frames = window.to_training_frames(frames)
+    units = units[inside]
+    order = np.argsort(frames, kind="stable")
     return Annotations(
-        sample_index=sample_index[keep][order],
-        unit_index=spikes["unit_index"][keep][order].astype(np.int64),
+        sample_index=frames[order],
+        unit_index=units[order],
         unit_ids=np.asarray(sorting.unit_ids),
         source=source,
     )
@@ -154,13 +268,12 @@ def check_annotation_source(recording: BaseRecording, params: dict) -> None:
 def run_annotation_sorter(
     recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool
 ) -> BaseSorting:
-    """Run ``annotation_sorter`` on the training window of segment 0 with ``run_sorter``."""
-    from spikeinterface.core import select_segment_recording
+    """Run ``annotation_sorter`` with ``run_sorter`` on the training window's pieces of segment 0, end to end."""
     from spikeinterface.sorters import run_sorter
 
     name = params["annotation_sorter"]
-    window_recording = select_segment_recording(recording, 0).frame_slice(window.start_frame, window.end_frame)
-    logger.info("annotation: running %s on %.1f s of segment 0", name, window.num_samples / recording.sampling_frequency)
+    window_recording = window.teacher_recording(recording)
+    logger.info("annotation: running %s on %s of segment 0", name, window.describe(recording.sampling_frequency))
     try:
         return run_sorter(
             name, window_recording, folder=folder, remove_existing_folder=True, verbose=verbose,
@@ -203,12 +316,10 @@ def annotate(
         path = params["annotation_sorting_path"]
         sorting = load_annotation_sorting(path)
         check_sorting_matches(sorting, recording, f"annotation sorting {path}")
-        annotations = sorting_to_annotations(sorting, window, offset=0, source=f"sorting folder {path}")
+        annotations = sorting_to_annotations(sorting, window, source=f"sorting folder {path}")
     else:
         sorting = run_annotation_sorter(recording, window, params, Path(folder) / "annotation_sorter", verbose)
-        annotations = sorting_to_annotations(
-            sorting, window, offset=window.start_frame, source=f"sorter {params['annotation_sorter']}"
-        )
+        annotations = sorting_to_annotations(sorting, window, source=f"sorter {params['annotation_sorter']}", teacher=True)
     return checked_annotations(annotations, window, params)
 
 
@@ -221,7 +332,7 @@ def checked_annotations(annotations: Annotations, window: TrainingWindow, params
     if len(annotations.sample_index) == 0:
         raise ValueError(
             f"esort: the annotations ({annotations.source}) have no spike in the training window "
-            f"(frames {window.start_frame}-{window.end_frame} of segment 0); check train_start_s/train_duration_s."
+            f"(frames {list(window.pieces)} of segment 0); check train_start_s/train_duration_s/train_pieces."
         )
     annotations = drop_small_units(annotations, params["min_spikes_per_unit"])
     if annotations.num_units == 0:

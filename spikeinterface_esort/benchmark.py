@@ -6,8 +6,9 @@
     python -m spikeinterface_esort.benchmark --recording REC --ground-truth GT --folder F  # saved SpikeInterface folders
     python -m spikeinterface_esort.benchmark --recording REC --reference kilosort4 --folder F  # no ground truth
 
-Each recording is split in two: an annotation window (the first ``annotation_s`` seconds of segment 0),
-the only part esort learns from, and the held-out rest, the only part any sorter is scored on, with
+Each recording is split in two: an annotation window (the first ``annotation_s`` seconds of segment 0, or
+that many seconds in ``annotation_pieces`` pieces spread over it as esort spreads its training window on a
+long recording), the only part esort learns from, and the held-out rest, the only part any sorter is scored on, with
 SpikeInterface's ``compare_sorter_to_ground_truth`` and its defaults. Every sorter runs through
 ``run_sorter`` on the whole recording, so a number here is what a user gets, inside SpikeInterface's
 ``SorterStudy`` (``FOLDER/study``, which can be reopened with ``HeldOutSorterStudy(FOLDER / "study")``
@@ -42,6 +43,7 @@ import argparse
 import datetime
 import json
 import os
+import pickle
 import platform
 import shutil
 import sys
@@ -56,8 +58,8 @@ from spikeinterface.core import BaseRecording, BaseSorting, create_sorting_analy
 
 import spikeinterface_esort  # noqa: F401  (registers "esort")
 
-from .annotation import default_train_duration_s
-from .parameters import PUBLISHED_PARAMS
+from .annotation import default_train_duration_s, default_train_pieces, training_pieces_s
+from .parameters import PUBLISHED_PARAMS, default_params
 from .datasets import generate_dataset, generate_drifting_dataset, generate_long_dataset, held_out_comparison
 
 WELL_DETECTED_ACCURACY = 0.8  # SpikeInterface's default well_detected_score
@@ -71,6 +73,7 @@ class Preset:
     duration_s: float
     make: object = field(repr=False)
     annotation_s: object = field(default=None, repr=False)  # duration_s -> window (s); None: half the recording
+    annotation_pieces: object = field(default=None, repr=False)  # (duration_s, window_s) -> pieces; None: 1
 
 
 PRESETS = {
@@ -94,6 +97,7 @@ PRESETS = {
         lambda folder, duration_s, seed: generate_long_dataset(folder, duration_s, seed=seed, n_jobs=os.cpu_count() or 1,
                                                                progress_bar=True),
         annotation_s=default_train_duration_s,  # esort's own default window: the no-parameter case learns from it
+        annotation_pieces=default_train_pieces,
     ),
 }
 
@@ -103,7 +107,9 @@ SORTERS = ("esort", "esort_ground_truth", "esort_teacher", "kilosort4", "spyking
 @dataclass
 class BenchmarkData:
     """A recording, the sorting it is scored against (ground truth, or the reference in agreement mode),
-    that sorting's folder (esort reads annotations from it) and the annotation window (s)."""
+    that sorting's folder (esort reads annotations from it) and the annotation window: ``annotation_s``
+    seconds in ``annotation_pieces`` pieces, placed as esort places its training window (from 0 s, the last
+    piece ending at the recording's end). Everything else is held out."""
 
     recording: BaseRecording
     truth: BaseSorting
@@ -111,27 +117,48 @@ class BenchmarkData:
     annotation_s: float
     agreement: bool = False
     reference: str | None = None
+    annotation_pieces: int = 1
+
+    def pieces_s(self) -> list[tuple[float, float]]:
+        """The annotation window's pieces, (start, end) in s."""
+        return training_pieces_s(self.recording.get_num_samples(0) / self.recording.get_sampling_frequency(),
+                                 self.esort_window_params())
+
+    def esort_window_params(self) -> dict:
+        """esort's parameters that place its training window on the annotation window."""
+        return dict(train_start_s=0.0, train_duration_s=float(self.annotation_s), train_pieces=int(self.annotation_pieces))
 
     @property
     def held_out_start_frame(self) -> int:
-        return int(round(self.annotation_s * self.recording.get_sampling_frequency()))
+        """The end of the first piece: nothing before it is scored."""
+        return int(round(self.pieces_s()[0][1] * self.recording.get_sampling_frequency()))
+
+    @property
+    def excluded_frames(self) -> tuple[tuple[int, int], ...]:
+        """The other pieces, (start, end) frames: not scored either."""
+        fs = self.recording.get_sampling_frequency()
+        return tuple((int(round(a * fs)), int(round(b * fs))) for a, b in self.pieces_s()[1:])
 
 
 class HeldOutSorterBenchmark(SorterBenchmark):
-    """SpikeInterface's ``SorterBenchmark``, scored on frames from ``held_out_start_frame`` only."""
+    """SpikeInterface's ``SorterBenchmark``, scored on frames from ``held_out_start_frame`` only, without the
+    ``excluded`` (start, end) frame ranges."""
 
-    def __init__(self, recording, gt_sorting, params, sorter_folder, held_out_start_frame: int):
+    def __init__(self, recording, gt_sorting, params, sorter_folder, held_out_start_frame: int, excluded=()):
         super().__init__(recording, gt_sorting, params, sorter_folder)
         self.held_out_start_frame = held_out_start_frame
+        self.excluded = tuple(tuple(r) for r in excluded)
 
     def compute_result(self, **job_kwargs):
         self.result["gt_comparison"] = held_out_comparison(
-            self.result["sorting"], self.gt_sorting, self.held_out_start_frame, self.recording.get_num_samples(0)
+            self.result["sorting"], self.gt_sorting, self.held_out_start_frame, self.recording.get_num_samples(0),
+            self.excluded,
         )
 
 
 class HeldOutSorterStudy(SorterStudy):
-    """SpikeInterface's ``SorterStudy`` whose cases carry ``held_out_start_frame`` (frames of segment 0)."""
+    """SpikeInterface's ``SorterStudy`` whose cases carry ``held_out_start_frame`` and ``excluded_frames``
+    (frames of segment 0)."""
 
     benchmark_class = HeldOutSorterBenchmark
 
@@ -140,7 +167,7 @@ class HeldOutSorterStudy(SorterStudy):
         recording, gt_sorting = self.datasets[case["dataset"]]
         return HeldOutSorterBenchmark(
             recording, gt_sorting, case["params"], self.folder / "sorters" / self.key_to_str(key),
-            case["held_out_start_frame"],
+            case["held_out_start_frame"], case.get("excluded_frames", ()),
         )
 
 
@@ -152,17 +179,18 @@ def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: 
     cases = {}
     for key in sorters:
         if key == "esort":  # what a user gets from run_sorter("esort", recording): its default teacher and window
-            window_s = default_train_duration_s(data.recording.get_num_samples(0) / data.recording.get_sampling_frequency())
-            if window_s > data.annotation_s + 1e-9:
-                raise ValueError(f"esort with no parameters trains on its first {window_s:g} s, more than the "
-                                 f"{data.annotation_s:g} s annotation window: it would learn from scored data "
-                                 "(use --annotation-s, or esort_teacher)")
+            duration_s = data.recording.get_num_samples(0) / data.recording.get_sampling_frequency()
+            own = training_pieces_s(duration_s, default_params())
+            if not np.allclose(own, data.pieces_s()):
+                raise ValueError(f"esort with no parameters trains on {_pieces_text(own)}, not on the annotation "
+                                 f"window ({_pieces_text(data.pieces_s())}): it would learn from scored data "
+                                 "(use --annotation-s and --annotation-pieces, or esort_teacher)")
             name, label, params = "esort", "esort (no parameters)", {}
         elif key in ("esort_ground_truth", "esort_published"):
             if data.agreement:
                 raise ValueError(f"{key} needs a ground truth; in agreement mode use esort_teacher")
             name, label = "esort", "esort (ground-truth annotations)"
-            params = dict(annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s)
+            params = dict(annotation_sorting_path=str(data.truth_folder), **data.esort_window_params())
             if key == "esort_published":
                 label = "esort (ground-truth annotations; published path)"
                 params.update(PUBLISHED_PARAMS)
@@ -170,11 +198,11 @@ def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: 
             name = "esort"
             if data.agreement:  # the reference's own annotation window: the reference is not run twice
                 label = f"esort ({data.reference} annotations)"
-                params = dict(annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s)
+                params = dict(annotation_sorting_path=str(data.truth_folder), **data.esort_window_params())
             else:
                 label = f"esort ({teacher} annotations)"  # the teacher gets the same cores as the sorters
                 params = dict(annotation_sorter=teacher, annotation_sorter_params=_job_params(teacher, n_jobs),
-                              train_duration_s=data.annotation_s)
+                              **data.esort_window_params())
         else:
             name, label, params = key, key, {}
         if name not in installed:
@@ -182,8 +210,11 @@ def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: 
         params = dict(_job_params(name, n_jobs), **params)
         cases[key] = dict(
             label=label, dataset="data", held_out_start_frame=data.held_out_start_frame,
+            excluded_frames=[list(r) for r in data.excluded_frames],
             params=dict(sorter_name=name, remove_existing_folder=True, verbose=False, **params),
         )
+        if name == "esort":  # esort's defaults as they were run: a change of default is a new run
+            cases[key]["esort_defaults"] = json.loads(json.dumps(default_params()))
     return cases
 
 
@@ -333,7 +364,7 @@ def _timecourse(study: HeldOutSorterStudy, key: str, data: BenchmarkData, bin_s:
     fs = data.recording.get_sampling_frequency()
     rows = []
     for start, end in time_bins(data.held_out_start_frame, data.recording.get_num_samples(0), fs, bin_s):
-        performance = held_out_comparison(sorting, data.truth, start, end).get_performance()
+        performance = held_out_comparison(sorting, data.truth, start, end, data.excluded_frames).get_performance()
         firing = data.truth.frame_slice(start, end).count_num_spikes_per_unit(outputs="array") > 0
         accuracy = performance["accuracy"].astype(float).to_numpy()[firing]
         rows.append(dict(case=key, sorter=study.cases[key]["label"], start_s=start / fs, end_s=end / fs,
@@ -342,14 +373,30 @@ def _timecourse(study: HeldOutSorterStudy, key: str, data: BenchmarkData, bin_s:
     return rows
 
 
+SCORING_FIELDS = ("held_out_start_frame", "excluded_frames")
+
+
 def _open_study(study_folder: Path, data: BenchmarkData, cases: dict) -> HeldOutSorterStudy:
-    """The study in ``study_folder`` if it holds the same dataset, with ``cases`` added; else a new one. The
-    dataset is a SortingAnalyzer of the truth on the recording (SorterStudy's datasets must be analyzers)."""
+    """The study in ``study_folder`` if it holds the same recording and truth, with ``cases`` added; else a new
+    one. A case already run with the same sorter and parameters but another annotation window is kept and
+    scored again on the new held-out part, not run again. The dataset is a SortingAnalyzer of the truth on the
+    recording (SorterStudy's datasets must be analyzers)."""
     stamp = dict(truth_folder=str(data.truth_folder), annotation_s=data.annotation_s,
+                 pieces_s=[list(p) for p in data.pieces_s()],
                  num_samples=int(data.recording.get_num_samples(0)), channels=[str(c) for c in data.recording.channel_ids])
     stamp_file = study_folder / "esort_benchmark_dataset.json"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+    same_data = ("truth_folder", "num_samples", "channels")
+    if stamp_file.is_file() and all(json.loads(stamp_file.read_text()).get(k) == stamp[k] for k in same_data):
         study = HeldOutSorterStudy(study_folder)
+        for key, case in cases.items():
+            old = study.cases.get(key)
+            if old is not None and old != case and _without_scoring(old) == _without_scoring(case):
+                study.cases[key] = case  # the same run, scored on the new held-out part
+                if study.benchmarks.get(key) is not None:
+                    study.benchmarks[key].held_out_start_frame = case["held_out_start_frame"]
+                    study.benchmarks[key].excluded = tuple(tuple(r) for r in case["excluded_frames"])
+        (study.folder / "cases.pickle").write_bytes(pickle.dumps(study.cases))
+        stamp_file.write_text(json.dumps(stamp))
         changed = [key for key in cases if key in study.cases and study.cases[key] != cases[key]]
         if changed:  # run with other parameters: its earlier results and sorter folder go
             study.remove_cases(changed)
@@ -364,6 +411,10 @@ def _open_study(study_folder: Path, data: BenchmarkData, cases: dict) -> HeldOut
     study = HeldOutSorterStudy.create(study_folder, datasets={"data": analyzer}, cases=cases, levels="sorter")
     study_folder.joinpath("esort_benchmark_dataset.json").write_text(json.dumps(stamp))
     return study
+
+
+def _without_scoring(case: dict) -> dict:
+    return {k: v for k, v in case.items() if k not in SCORING_FIELDS}
 
 
 def _score(study: HeldOutSorterStudy, key: str, data: BenchmarkData) -> tuple[dict, list[dict]]:
@@ -431,6 +482,7 @@ def _run_info(data: BenchmarkData, description: str, n_jobs: int, teacher: str, 
         sampling_frequency_hz=float(data.recording.get_sampling_frequency()),
         duration_s=float(data.recording.get_total_duration()),
         annotation_s=float(data.annotation_s),
+        annotation_pieces_s=[[float(a), float(b)] for a, b in data.pieces_s()],
         scored_against=f"agreement with {data.reference}" if data.agreement else "ground truth",
         teacher=data.reference if data.agreement else teacher,
         n_jobs=n_jobs,
@@ -539,10 +591,13 @@ def _has(row: dict, key: str) -> bool:
 
 def markdown_report(table: pd.DataFrame, info: dict, timecourse: pd.DataFrame | None = None) -> str:
     held_out = info["duration_s"] - info["annotation_s"]
+    pieces = info.get("annotation_pieces_s") or [[0.0, info["annotation_s"]]]
+    window = (f"the first {info['annotation_s']:g} s" if len(pieces) == 1 else
+              f"{info['annotation_s']:g} s in {len(pieces)} pieces ({_pieces_text(pieces)})")
     lines = [
         f"Dataset: {info['dataset'] or 'user recording'}; {info['channels']} channels, "
         f"{info['sampling_frequency_hz']:g} Hz, {info['duration_s']:g} s.",
-        f"Annotation window: the first {info['annotation_s']:g} s (esort learns from it); scored on the held-out "
+        f"Annotation window: {window} (esort learns from it); scored on the held-out "
         f"{held_out:g} s against {info['scored_against']} with compare_sorter_to_ground_truth (defaults).",
         f"Machine: {info['machine']}; every sorter given {info['n_jobs']} CPU jobs/threads.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + f". Date: {info['date']}.",
@@ -556,6 +611,10 @@ def markdown_report(table: pd.DataFrame, info: dict, timecourse: pd.DataFrame | 
     if timecourse is not None and len(timecourse) > 1:
         report += "\n" + timecourse_table(timecourse)
     return report
+
+
+def _pieces_text(pieces) -> str:
+    return ", ".join(f"{a:g}-{b:g} s" for a, b in pieces)
 
 
 def timecourse_table(timecourse: pd.DataFrame) -> str:
@@ -581,7 +640,9 @@ def plot_accuracy_vs_time(timecourse: pd.DataFrame, path: Path, info: dict) -> N
     for sorter, part in timecourse.groupby("sorter", sort=False):
         centres = (part["start_s"] + part["end_s"]) / 2 / 60.0
         ax.plot(centres, part["accuracy"], marker="o", ms=3, label=sorter)
-    ax.axvspan(0, info["annotation_s"] / 60.0, color="grey", alpha=0.15, label="annotation window (not scored)")
+    for i, (start, end) in enumerate(info.get("annotation_pieces_s") or [[0.0, info["annotation_s"]]]):
+        ax.axvspan(start / 60.0, end / 60.0, color="grey", alpha=0.15,
+                   label="annotation window (not scored)" if i == 0 else None)
     ax.set_xlim(0, info["duration_s"] / 60.0)
     ax.set_xlabel("time in the recording (min)")
     ax.set_ylabel(f"{_score_label(info)} in the bin")
@@ -657,7 +718,7 @@ def plot_run_times(table: pd.DataFrame, path: Path, info: dict) -> None:
 
 
 def preset_data(preset: str, folder: Path, duration_s: float | None = None, annotation_s: float | None = None,
-                seed: int = 0) -> tuple[BenchmarkData, str]:
+                seed: int = 0, annotation_pieces: int | None = None) -> tuple[BenchmarkData, str]:
     """A preset's recording, generated and saved under ``folder/data`` (reused when already there)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -665,13 +726,16 @@ def preset_data(preset: str, folder: Path, duration_s: float | None = None, anno
     duration_s = duration_s or spec.duration_s
     recording, truth = spec.make(folder / "data", duration_s, seed)
     annotation_s = annotation_s or (spec.annotation_s(duration_s) if spec.annotation_s else duration_s / 2)
-    return BenchmarkData(recording, truth, folder / "data" / "ground_truth", annotation_s), \
+    if annotation_pieces is None:
+        annotation_pieces = spec.annotation_pieces(duration_s, annotation_s) if spec.annotation_pieces else 1
+    return BenchmarkData(recording, truth, folder / "data" / "ground_truth", annotation_s,
+                         annotation_pieces=annotation_pieces), \
         f"preset '{preset}': {spec.description}, {duration_s:g} s, seed {seed}"
 
 
 def user_data(recording_path: str | Path, folder: Path, ground_truth_path: str | Path | None = None,
               reference: str | None = None, annotation_s: float | None = None, teacher_folder: Path | None = None,
-              n_jobs: int = 1) -> tuple[BenchmarkData, str]:
+              n_jobs: int = 1, annotation_pieces: int = 1) -> tuple[BenchmarkData, str]:
     """A user's recording (a SpikeInterface folder or file that ``load`` reads, or a MEArec ``.h5`` file) with
     its ground truth (a saved sorting; a MEArec file's own when not given), or, with ``reference`` (a sorter
     name or a saved sorting), agreement mode."""
@@ -700,7 +764,8 @@ def user_data(recording_path: str | Path, folder: Path, ground_truth_path: str |
             print(f"reference: {reference} done in {time.perf_counter() - t0:.1f} s, {len(truth.unit_ids)} units", flush=True)
             label = reference
         truth = truth.save(folder=truth_folder, overwrite=True)
-        return BenchmarkData(recording, truth, truth_folder, annotation_s, agreement=True, reference=label), \
+        return BenchmarkData(recording, truth, truth_folder, annotation_s, agreement=True, reference=label,
+                             annotation_pieces=annotation_pieces), \
             f"{recording_path} (no ground truth)"
     if truth is None:
         raise ValueError("give the recording's ground truth (--ground-truth, a saved sorting folder) or a reference "
@@ -708,7 +773,7 @@ def user_data(recording_path: str | Path, folder: Path, ground_truth_path: str |
     if recording.get_num_segments() != truth.get_num_segments():
         raise ValueError("the recording and its ground truth have different segment counts")
     truth = truth.save(folder=truth_folder, overwrite=True)
-    return BenchmarkData(recording, truth, truth_folder, annotation_s), str(recording_path)
+    return BenchmarkData(recording, truth, truth_folder, annotation_s, annotation_pieces=annotation_pieces), str(recording_path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -727,6 +792,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, help="preset duration (s)")
     parser.add_argument("--annotation-s", type=float,
                         help="annotation window (s; default: half the recording; for 'long', esort's default window)")
+    parser.add_argument("--annotation-pieces", type=int,
+                        help="the annotation window in this many pieces spread over the recording, as esort's "
+                             "train_pieces (default: 1; for 'long', esort's default)")
     parser.add_argument("--bin-s", type=float, default=60.0,
                         help="held-out accuracy is also given per time bin of this length (s; default 60)")
     parser.add_argument("--seed", type=int, default=0, help="preset generator seed")
@@ -741,10 +809,11 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.folder).absolute()
     n_jobs = args.n_jobs or os.cpu_count() or 1
     if args.preset:
-        data, description = preset_data(args.preset, folder, args.duration, args.annotation_s, args.seed)
+        data, description = preset_data(args.preset, folder, args.duration, args.annotation_s, args.seed,
+                                        args.annotation_pieces)
     else:
         data, description = user_data(args.recording, folder, args.ground_truth, args.reference, args.annotation_s,
-                                      n_jobs=n_jobs)
+                                      n_jobs=n_jobs, annotation_pieces=args.annotation_pieces or 1)
     sorters = [s for s in args.sorters if not (data.agreement and s in ("esort_ground_truth", "esort_published"))]
     command = " ".join(["python -m spikeinterface_esort.benchmark"] + (sys.argv[1:] if argv is None else list(argv)))
     rerun = False if args.rerun is None else (args.rerun or True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import json
 
+import numpy as np
 import pandas as pd
 from spikeinterface.core import BaseRecording, BaseSorting, generate_ground_truth_recording, load
 
@@ -209,20 +210,40 @@ def _save(folder: Path, recording: BaseRecording, sorting: BaseSorting, spec: di
     return recording, sorting
 
 
-def held_out_comparison(sorting: BaseSorting, truth: BaseSorting, start_frame: int, end_frame: int):
+def held_out_comparison(sorting: BaseSorting, truth: BaseSorting, start_frame: int, end_frame: int,
+                        excluded: tuple = ()):
     """``compare_sorter_to_ground_truth`` (defaults) of ``sorting`` against ``truth`` on frames
-    ``[start_frame, end_frame)`` of segment 0."""
+    ``[start_frame, end_frame)`` of segment 0, without the spikes of either in the ``excluded`` (start, end)
+    frame ranges (the pieces of a training window spread over the recording)."""
     from spikeinterface.comparison import compare_sorter_to_ground_truth
 
-    return compare_sorter_to_ground_truth(truth.frame_slice(start_frame, end_frame), sorting.frame_slice(start_frame, end_frame))
+    truth, sorting = truth.frame_slice(start_frame, end_frame), sorting.frame_slice(start_frame, end_frame)
+    ranges = [(max(a, start_frame) - start_frame, min(b, end_frame) - start_frame) for a, b in excluded]
+    ranges = [(a, b) for a, b in ranges if b > a]
+    if ranges:
+        truth, sorting = _without_ranges(truth, ranges), _without_ranges(sorting, ranges)
+    return compare_sorter_to_ground_truth(truth, sorting)
 
 
-def held_out_performance(sorting: BaseSorting, ground_truth: BaseSorting, start_frame: int) -> pd.DataFrame:
+def _without_ranges(sorting: BaseSorting, ranges: list[tuple[int, int]]) -> BaseSorting:
+    """``sorting`` (one segment) without its spikes in the (start, end) frame ranges; every unit kept."""
+    from spikeinterface.core import NumpySorting
+
+    spikes = sorting.to_spike_vector()
+    inside = np.zeros(len(spikes), dtype=bool)
+    for start, end in ranges:
+        inside |= (spikes["sample_index"] >= start) & (spikes["sample_index"] < end)
+    return NumpySorting(spikes[~inside], sorting.get_sampling_frequency(), sorting.unit_ids)
+
+
+def held_out_performance(sorting: BaseSorting, ground_truth: BaseSorting, start_frame: int,
+                         excluded: tuple = ()) -> pd.DataFrame:
     """Per ground-truth unit accuracy, precision and recall of ``sorting`` on frames from ``start_frame``
-    to the end of segment 0, with SpikeInterface's ``compare_sorter_to_ground_truth`` defaults."""
+    to the end of segment 0 (without the ``excluded`` frame ranges), with SpikeInterface's
+    ``compare_sorter_to_ground_truth`` defaults."""
     # an explicit end: SpikeInterface's frame_slice(start, None) fails on a sorting with an empty unit
     end_frame = 1 + max([int(s.to_spike_vector()["sample_index"].max(initial=start_frame)) for s in (sorting, ground_truth)])
-    comparison = held_out_comparison(sorting, ground_truth, start_frame, end_frame)
+    comparison = held_out_comparison(sorting, ground_truth, start_frame, end_frame, excluded)
     return comparison.get_performance()[["accuracy", "precision", "recall"]].astype(float)
 
 
@@ -244,10 +265,12 @@ def sort_and_score(
     ground_truth: BaseSorting,
     folder: str | Path,
     held_out_start_frame: int,
+    excluded: tuple = (),
     **sorter_params,
 ) -> tuple[BaseSorting, dict, pd.DataFrame]:
-    """``run_sorter``, then the held-out per-unit performance and its ``summarise``, with the wall time (s)
-    of ``run_sorter`` as ``time_s``: (sorting, summary, per-unit performance)."""
+    """``run_sorter``, then the held-out per-unit performance (from ``held_out_start_frame``, without the
+    ``excluded`` frame ranges) and its ``summarise``, with the wall time (s) of ``run_sorter`` as ``time_s``:
+    (sorting, summary, per-unit performance)."""
     import time
 
     import spikeinterface.sorters as ss
@@ -255,7 +278,7 @@ def sort_and_score(
     t0 = time.perf_counter()
     sorting = ss.run_sorter(sorter_name, recording, folder=folder, remove_existing_folder=True, verbose=False, **sorter_params)
     seconds = time.perf_counter() - t0
-    performance = held_out_performance(sorting, ground_truth, held_out_start_frame)
+    performance = held_out_performance(sorting, ground_truth, held_out_start_frame, excluded)
     scores = summarise(performance)
     scores["time_s"] = seconds
     return sorting, scores, performance

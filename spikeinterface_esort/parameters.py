@@ -124,6 +124,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("train_duration_s", None, (float, None), "annotation",
               "Length of the training window, in s. None: the first half of the first segment, "
               "at most 60 s (docs/defaults.md).", minimum=0.0, exclusive=True),
+    Parameter("train_pieces", None, (int, None), "annotation",
+              "The training window is cut into this many equal pieces spread evenly from train_start_s to the end "
+              "of the first segment (the teacher sorts them end to end), so that the network learns every unit "
+              "wherever the probe has drifted. None: 6 when the first segment is at least 4 windows long, else 1 "
+              "(docs/defaults.md).", minimum=1),
     Parameter("annotated_spikes_per_unit", None, (int, None), "annotation",
               "Few-shot training: only the first k annotated spikes of each unit in the training window are "
               "positives (negatives still avoid every annotated spike). With k set, no other annotation is used: "
@@ -173,7 +178,7 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Negative windows (no annotated spike within +-jitter_ms) per positive window.",
               minimum=0.0),
     Parameter("validation_fraction", 0.2, (float,), "training",
-              "Fraction at the end of the training window held out for early stopping, threshold "
+              "Fraction at the end of each piece of the training window held out for early stopping, threshold "
               "choice and the validation report.", minimum=0.0, maximum=0.9, exclusive=True),
     Parameter("epochs", 10, (int,), "training", "Maximum number of training epochs.", minimum=1),
     Parameter("patience", 3, (int,), "training",

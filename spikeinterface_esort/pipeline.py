@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from spikeinterface.core import BaseRecording, NumpySorting, select_segment_recording
+from spikeinterface.core import BaseRecording, NumpySorting
 from spikeinterface.core.base import minimum_spike_dtype
 from spikeinterface.core.job_tools import ensure_chunk_size, fix_job_kwargs
 
 from .annotation import (
     Annotations,
+    TrainingWindow,
     annotate,
     check_annotation_source,
     check_sorting_matches,
@@ -187,17 +188,10 @@ def set_unit_properties(
 MODEL_PARAMS_EXCLUDED = ("job_kwargs", "annotation_sorting_path", "annotation_sorter_params")
 
 
-def training_split(window, params: dict) -> TrainingSplit:
-    """Training and held-out parts of the window; few-shot training (``annotated_spikes_per_unit``) holds nothing out."""
-    if params["annotated_spikes_per_unit"] is not None:
-        return TrainingSplit(window.start_frame, window.end_frame, window.end_frame)
-    return split_window(window, params["validation_fraction"])
-
-
 def fit_model(
     preprocessed: BaseRecording,
     annotations: Annotations,
-    window,
+    window: TrainingWindow,
     noise_levels: np.ndarray,
     params: dict,
     device,
@@ -208,7 +202,7 @@ def fit_model(
 ) -> tuple[ESortModel, TrainingSplit]:
     """Train a network on the annotated training window of a preprocessed recording (from
     ``backbone``, else from ``pretrained_weights`` when given) and choose its thresholds on the held-out part:
-    the model and the split."""
+    the model and the split (in the window's training-recording frames, like ``annotations``)."""
     timer = timer or StepTimer()
     requested, params = params, resolve_precision(params, device)
     for name in ("training_dtype", "inference_dtype"):
@@ -216,12 +210,13 @@ def fit_model(
             logger.info("%s: %s -> %s on %s", name, requested[name], params[name], device)
     fs = preprocessed.get_sampling_frequency()
     locations = preprocessed.get_channel_locations()
-    split = training_split(window, params)
+    split = split_window(window)
+    training_recording = window.training_recording(preprocessed)
     with timer("training"):
         if backbone is None:
             backbone = resolve_backbone(params["pretrained_weights"], locations, fs)
         traces = load_traces(
-            preprocessed, window.start_frame, window.end_frame, noise_levels, chunk_size=chunk_size, progress_bar=progress_bar,
+            training_recording, 0, window.num_samples, noise_levels, chunk_size=chunk_size, progress_bar=progress_bar,
             n_jobs=torch.get_num_threads(),  # the job's n_jobs (see torch_threads)
         )
         jitter = int(round(params["jitter_ms"] * fs / 1000.0))
@@ -243,8 +238,11 @@ def fit_model(
         if params["annotated_spikes_per_unit"] is not None:
             logger.info("validation: few-shot training holds no annotation out; thresholds are not chosen on data")
         validation = choose_thresholds(
-            model, preprocessed, annotations, (split.split, split.stop), params, chunk_size, progress_bar
+            model, training_recording, annotations, (split.split, split.stop), params, chunk_size, progress_bar
         )
+        parts = [[int(a), int(b)] for a, b in window.validation_parts()]  # frames of segment 0, not of the window
+        validation["frame_ranges"] = parts
+        validation["frame_range"] = parts[0] if len(parts) == 1 else None
         validation["training_history"] = history
         model.validation = validation
     return model, split
@@ -275,8 +273,9 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
                 )
             chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
             window = training_window(recording, params)
+            logger.info("training window: %s", window.describe(fs))
             noise_levels = estimate_noise_levels(
-                select_segment_recording(preprocessed, 0).frame_slice(window.start_frame, window.end_frame),
+                window.teacher_recording(preprocessed),
                 seed=params["seed"],
                 progress_bar=progress_bar,
                 n_jobs=job_kwargs["n_jobs"],
@@ -401,7 +400,7 @@ def fine_tune_model(
     job_kwargs = resolve_job_kwargs(params["job_kwargs"])
     progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose
     with _optional_file_log(folder), torch_threads(job_kwargs["n_jobs"]):
-        found = checked_annotations(sorting_to_annotations(sorting, window, 0, source), window, params)
+        found = checked_annotations(sorting_to_annotations(sorting, window, source), window, params)
         preprocessed = _preprocess_like_model(model, recording, folder, job_kwargs, progress_bar)
         chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
         backbone = model_backbone(model)

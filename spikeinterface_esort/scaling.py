@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .annotation import default_train_duration_s
+from .annotation import default_train_duration_s, default_train_pieces
 from .benchmark import PRESETS, preset_data
 
 
-def length_data(recording, truth, folder: Path, length_s: float) -> tuple[Path, Path, float]:
+def length_data(recording, truth, folder: Path, length_s: float) -> tuple[Path, Path, float, int]:
     """The first ``length_s`` seconds of ``recording`` as a JSON file of its lazy slice and the truth's spikes
-    there, saved under ``folder``; with the annotation window esort's defaults take on that length (s)."""
+    there, saved under ``folder``; with the annotation window esort's defaults take on that length (s, pieces)."""
     folder.mkdir(parents=True, exist_ok=True)
     end = int(round(length_s * recording.get_sampling_frequency()))
     if end > recording.get_num_samples(0):
@@ -40,15 +40,17 @@ def length_data(recording, truth, folder: Path, length_s: float) -> tuple[Path, 
         recording.frame_slice(0, end).dump_to_json(recording_file)
     if not truth_folder.is_dir():
         truth.frame_slice(0, end).save(folder=truth_folder)
-    return recording_file, truth_folder, default_train_duration_s(length_s)
+    window_s = default_train_duration_s(length_s)
+    return recording_file, truth_folder, window_s, default_train_pieces(length_s, window_s)
 
 
-def run_benchmark_process(recording_file: Path, truth_folder: Path, annotation_s: float, folder: Path,
+def run_benchmark_process(recording_file: Path, truth_folder: Path, annotation_s: float, pieces: int, folder: Path,
                           sorters: list[str], n_jobs: int) -> pd.DataFrame:
     """The benchmark's command in a fresh process (sorters already run in ``folder`` are only scored again): its
     results table, one row per sorter."""
     command = [sys.executable, "-m", "spikeinterface_esort.benchmark", "--recording", str(recording_file),
-               "--ground-truth", str(truth_folder), "--annotation-s", f"{annotation_s:g}", "--folder", str(folder),
+               "--ground-truth", str(truth_folder), "--annotation-s", f"{annotation_s:g}",
+               "--annotation-pieces", str(pieces), "--folder", str(folder),
                "--sorters", *sorters, "--n-jobs", str(n_jobs)]
     subprocess.run(command, check=True)
     return pd.read_csv(folder / "results.csv").set_index("case")
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for length_s in args.lengths:
         length_folder = folder / f"length_{length_s:g}s"
-        recording_file, truth_folder, annotation_s = length_data(data.recording, data.truth, length_folder, length_s)
+        recording_file, truth_folder, annotation_s, pieces = length_data(data.recording, data.truth, length_folder, length_s)
         done = []
         for sorter in args.sorters:
             if args.only_existing and not (length_folder / "study" / "results" / sorter / "run_time.pickle").is_file():
@@ -137,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{length_s:g} s: {sorter} ...", flush=True)
             # one sorter per process, so that its peak RSS is its own
-            run_benchmark_process(recording_file, truth_folder, annotation_s, length_folder, [sorter], n_jobs)
+            run_benchmark_process(recording_file, truth_folder, annotation_s, pieces, length_folder, [sorter], n_jobs)
             done.append(sorter)
         if done:  # the length's folder ends with every sorter's table, time bins and plots together
-            table = run_benchmark_process(recording_file, truth_folder, annotation_s, length_folder, done, n_jobs)
+            table = run_benchmark_process(recording_file, truth_folder, annotation_s, pieces, length_folder, done, n_jobs)
             rows += [dict(length_s=length_s, **table.loc[sorter].to_dict()) for sorter in done]
     table = pd.DataFrame(rows)
     fits = fit_lines(table)

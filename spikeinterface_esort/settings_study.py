@@ -62,11 +62,12 @@ def sort_or_reuse(sorter_folder: Path, data, **params):
         log = json.loads(log_file.read_text())
         if json.loads(params_file.read_text())["sorter_params"] == expected and not log.get("error"):
             sorting = read_sorter_folder(sorter_folder, register_recording=False)
-            performance = held_out_performance(sorting, data.truth, data.held_out_start_frame)
+            performance = held_out_performance(sorting, data.truth, data.held_out_start_frame, data.excluded_frames)
             scores = dict(summarise(performance), time_s=float(log["run_time"]))
             print("  (already run with the same parameters: reused)", flush=True)
             return sorting, scores, performance
-    return sort_and_score("esort", data.recording, data.truth, sorter_folder, data.held_out_start_frame, **params)
+    return sort_and_score("esort", data.recording, data.truth, sorter_folder, data.held_out_start_frame,
+                          data.excluded_frames, **params)
 
 
 def _steps(sorter_folder: Path) -> dict:
@@ -87,7 +88,7 @@ def preset_recording(preset: str, folder: Path, long_duration_s: float | None):
         end = int(round(long_duration_s * data.recording.get_sampling_frequency()))
         annotation_s = PRESETS["long"].annotation_s(long_duration_s)
         data = BenchmarkData(data.recording.frame_slice(0, end), data.truth.frame_slice(0, end), data.truth_folder,
-                             annotation_s)
+                             annotation_s, annotation_pieces=PRESETS["long"].annotation_pieces(long_duration_s, annotation_s))
         description += f"; its first {long_duration_s:g} s"
     return data, description
 
@@ -104,7 +105,7 @@ def settings_study(folder: Path, presets: list[str], candidates: list[str], long
             sorter_folder = folder / preset / "runs" / candidate.replace("=", "_").replace(",", "__")
             print(f"{preset}: esort {candidate} ...", flush=True)
             sorting, scores, performance = sort_or_reuse(
-                sorter_folder, data, annotation_sorting_path=str(data.truth_folder), train_duration_s=data.annotation_s,
+                sorter_folder, data, annotation_sorting_path=str(data.truth_folder), **data.esort_window_params(),
                 job_kwargs=dict(n_jobs=n_jobs), **params,
             )
             if candidate == "published":
@@ -134,7 +135,7 @@ def teacher_window_study(folder: Path, windows_s: list[float], long_duration_s: 
         sorter_folder = folder / "long" / "runs" / f"teacher_window_{window_s:g}s"
         print(f"long: esort, default teacher on {window_s:g} s ...", flush=True)
         scored = BenchmarkData(data.recording, data.truth, data.truth_folder, max(windows_s))
-        _, scores, _ = sort_or_reuse(sorter_folder, scored, train_duration_s=float(window_s),
+        _, scores, _ = sort_or_reuse(sorter_folder, scored, train_duration_s=float(window_s), train_pieces=1,
                                      job_kwargs=dict(n_jobs=n_jobs))
         row = dict(preset="long", candidate=f"train_duration_s={window_s:g} (default teacher)",
                    accuracy=scores["accuracy"], precision=scores["precision"], recall=scores["recall"],
@@ -144,11 +145,55 @@ def teacher_window_study(folder: Path, windows_s: list[float], long_duration_s: 
     return rows
 
 
+def train_pieces_study(folder: Path, counts: list[int], long_duration_s: float | None = None,
+                       n_jobs: int | None = None, teacher: bool = False, bin_s: float = 60.0) -> list[dict]:
+    """esort on the ``long`` preset with its default window length cut into each of ``counts`` pieces
+    (``train_pieces``), trained on the ground truth (``teacher``: on its default teacher), all scored on the same
+    held-out part: after the window's length, without any count's pieces; also per ``bin_s`` bin, with the last
+    bin minus the first (``decay``: what drift costs)."""
+    from .annotation import training_pieces_s
+    from .benchmark import time_bins
+    from .datasets import held_out_comparison
+
+    n_jobs = n_jobs or os.cpu_count() or 1
+    data, _ = preset_recording("long", folder, long_duration_s)
+    fs = data.recording.get_sampling_frequency()
+    duration_s = data.recording.get_num_samples(0) / fs
+    windows = {n: dict(train_start_s=0.0, train_duration_s=float(data.annotation_s), train_pieces=int(n)) for n in counts}
+    start = int(round(data.annotation_s * fs))
+    excluded = tuple(sorted({(int(round(a * fs)), int(round(b * fs)))
+                             for w in windows.values() for a, b in training_pieces_s(duration_s, w)}))
+    end = data.recording.get_num_samples(0)
+    rows = []
+    for n, window in windows.items():
+        name = f"train_pieces_{n}" + ("_teacher" if teacher else "")
+        print(f"long: esort, {data.annotation_s:g} s window in {n} piece(s) ...", flush=True)
+        source = dict(job_kwargs=dict(n_jobs=n_jobs)) if teacher else dict(annotation_sorting_path=str(data.truth_folder),
+                                                                            job_kwargs=dict(n_jobs=n_jobs))
+        sorting, scores, _ = sort_or_reuse(folder / "long" / "runs" / name, data, **window, **source)
+        performance = held_out_comparison(sorting, data.truth, start, end, excluded).get_performance()
+        bins = []
+        for a, b in time_bins(start, end, fs, bin_s):
+            firing = data.truth.frame_slice(a, b).count_num_spikes_per_unit(outputs="array") > 0
+            bins.append(float(held_out_comparison(sorting, data.truth, a, b, excluded).get_performance()["accuracy"]
+                              .astype(float).to_numpy()[firing].mean()))
+        row = dict(preset="long", candidate=f"train_pieces={n}" + (" (default teacher)" if teacher else ""),
+                   accuracy=float(performance["accuracy"].astype(float).mean()), first_bin=bins[0], last_bin=bins[-1],
+                   decay=bins[-1] - bins[0], time_s=scores["time_s"], **_steps(folder / "long" / "runs" / name))
+        rows.append(row)
+        print(f"  accuracy {row['accuracy']:.3f}; first {bin_s:g} s {bins[0]:.3f}, last {bins[-1]:.3f}; "
+              f"{row['time_s']:.1f} s", flush=True)
+    return rows
+
+
 def markdown(rows: list[dict]) -> str:
-    columns = ["preset", "candidate", "accuracy", "delta", "worst_unit_delta", "time_s", "annotation_s", "training_s",
-               "inference_s"]
+    columns = ["preset", "candidate", "accuracy", "delta", "worst_unit_delta", "first_bin", "last_bin", "decay",
+               "time_s", "annotation_s", "training_s", "inference_s"]
     header = ["preset", "candidate", "held-out accuracy", "- published (mean)", "- published (worst unit)",
-              "run_sorter (s)", "annotation (s)", "training + thresholds (s)", "inference (s)"]
+              "first minute", "last minute", "last - first", "run_sorter (s)", "annotation (s)",
+              "training + thresholds (s)", "inference (s)"]
+    if not any("decay" in row for row in rows):
+        columns, header = columns[:5] + columns[8:], header[:5] + header[8:]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = []
@@ -156,10 +201,10 @@ def markdown(rows: list[dict]) -> str:
             value = row.get(column)
             if value is None or (isinstance(value, float) and value != value):
                 cells.append("")
-            elif column in ("delta", "worst_unit_delta"):
+            elif column in ("delta", "worst_unit_delta", "decay"):
                 cells.append(f"{value:+.3f}")
             elif isinstance(value, float):
-                cells.append(f"{value:.3f}" if column == "accuracy" else f"{value:.1f}")
+                cells.append(f"{value:.3f}" if column in ("accuracy", "first_bin", "last_bin") else f"{value:.1f}")
             else:
                 cells.append(f"`{value}`" if column == "candidate" else str(value))
         lines.append("| " + " | ".join(cells) + " |")
@@ -178,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--long-duration", type=float, help="use only the first S seconds of the long preset")
     parser.add_argument("--teacher-windows", nargs="*", type=float, default=[],
                         help="also: esort with its defaults and default teacher on these training windows (s) of 'long'")
+    parser.add_argument("--train-pieces", nargs="*", type=int, default=[],
+                        help="also: esort on 'long' with its default window in each of these numbers of pieces, "
+                             "ground-truth annotations, scored on a common held-out part and minute by minute")
+    parser.add_argument("--train-pieces-teacher", action="store_true",
+                        help="--train-pieces with esort's default teacher instead of the ground truth")
     parser.add_argument("--n-jobs", type=int, help="CPU threads (default: all cores)")
     return parser
 
@@ -186,11 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     folder = Path(args.folder).absolute()
     folder.mkdir(parents=True, exist_ok=True)
-    for candidate in args.candidates:
-        candidate_params(candidate)  # refuse a bad candidate before hours of work
+    for candidate in args.candidates:  # refuse a bad candidate before hours of work
+        if {"train_start_s", "train_duration_s", "train_pieces"} & set(candidate_params(candidate)):
+            raise SystemExit(f"candidate {candidate!r}: the training window is the preset's; use --teacher-windows "
+                             "or --train-pieces to vary it")
     rows = settings_study(folder, args.presets, args.candidates, args.long_duration, args.n_jobs) if args.candidates else []
     if args.teacher_windows:
         rows += teacher_window_study(folder, args.teacher_windows, args.long_duration, args.n_jobs)
+    if args.train_pieces:
+        rows += train_pieces_study(folder, args.train_pieces, args.long_duration, args.n_jobs, args.train_pieces_teacher)
     pd.DataFrame(rows).to_csv(folder / "settings.csv", index=False)
     command = " ".join(["python -m spikeinterface_esort.settings_study"] + (sys.argv[1:] if argv is None else list(argv)))
     (folder / "settings.md").write_text(f"Command: `{command}`\n\n" + markdown(rows))

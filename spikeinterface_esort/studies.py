@@ -221,7 +221,7 @@ def conflicts_study(folder: Path, datasets: list[str], teacher: str | None = Non
         for annotation in ["ground_truth"] + ([teacher] if teacher else []):
             out = sub / f"esort_{annotation}"
             run_params = dict(params) if annotation == "ground_truth" else dict(
-                annotation_sorter=annotation, train_duration_s=params["train_duration_s"])
+                annotation_sorter=annotation, train_duration_s=params["train_duration_s"], train_pieces=1)
             sorting, _, _ = sort_and_score("esort", recording, truth, out, start, **run_params)
             output = out / "sorter_output"
             spikes = sorting.to_spike_vector()

@@ -3,8 +3,8 @@
 Recipe (Han & Wang 2024): windows centred within +-jitter samples of an annotated
 spike are positives, labelled with every unit firing there (multi-label); an equal
 number of random windows with no annotated spike within +-jitter are negatives;
-binary cross-entropy; Adam. The last ``validation_fraction`` of the training window
-is held out: its loss stops training early, and it is where ``validation`` later
+binary cross-entropy; Adam. The last ``validation_fraction`` of each piece of the training
+window is held out: its loss stops training early, and it is where ``validation`` later
 chooses the detection thresholds.
 """
 
@@ -33,16 +33,17 @@ logger = logging.getLogger("spikeinterface_esort")
 
 @dataclass
 class TrainingSplit:
-    """Frames of segment 0: training part ``[start, split)``, validation part ``[split, stop)``."""
+    """Frames of the training recording (see ``annotation.TrainingWindow``): training part ``[start, split)``,
+    validation part ``[split, stop)``."""
 
     start: int
     split: int
     stop: int
 
 
-def split_window(window: TrainingWindow, validation_fraction: float) -> TrainingSplit:
-    split = window.start_frame + int(round(window.num_samples * (1.0 - validation_fraction)))
-    return TrainingSplit(window.start_frame, split, window.end_frame)
+def split_window(window: TrainingWindow) -> TrainingSplit:
+    """The training and validation parts of ``window``'s training recording."""
+    return TrainingSplit(0, window.num_training_samples, window.num_samples)
 
 
 def load_traces(

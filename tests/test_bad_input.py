@@ -32,6 +32,8 @@ def test_sampling_rate_too_low_for_the_window(small_recording, tmp_path):
     [
         (dict(train_duration_s=60.0), "longer than the first segment"),
         (dict(train_start_s=20.0), "'train_start_s'=20.0 s is outside the first segment"),
+        (dict(train_pieces=0), "'train_pieces'"),
+        (dict(train_pieces=10**7), "has an empty piece; lengthen 'train_duration_s' or lower 'train_pieces'"),
     ],
 )
 def test_training_window_outside_the_recording(small_recording, tmp_path, window, message):

@@ -87,6 +87,14 @@ def test_benchmark_does_not_run_a_sorter_again(benchmark_folder, small_recording
     table = run_benchmark(data, benchmark_folder, ["esort_ground_truth", "simple"]).set_index("case")
     assert run_time_file.stat().st_mtime_ns == written
     assert table.loc["simple", "accuracy"] == before.loc["simple", "accuracy"]
+    # another annotation window (8 s in 2 pieces: 0-4 s and 8-12 s): scored again on 4-8 s, not run again
+    spread, _ = user_data(gt_folder.parent / "recording", benchmark_folder, gt_folder, annotation_s=8, annotation_pieces=2)
+    assert spread.held_out_start_frame == 4 * 30000 and spread.excluded_frames == ((8 * 30000, 12 * 30000),)
+    table = run_benchmark(spread, benchmark_folder, ["simple"]).set_index("case")
+    assert run_time_file.stat().st_mtime_ns == written
+    assert table.loc["simple", "accuracy"] != before.loc["simple", "accuracy"]
+    table = run_benchmark(data, benchmark_folder, ["esort_ground_truth", "simple"]).set_index("case")  # as before
+    assert table.loc["simple", "accuracy"] == before.loc["simple", "accuracy"]
 
 
 def test_agreement_mode_scores_against_the_reference(benchmark_folder, small_recording, tmp_path):

@@ -39,10 +39,38 @@ def test_long_preset_scores_after_esorts_default_window(tmp_path, monkeypatch):
         PRESETS["long"].description, 600.0,
         lambda folder, duration_s, seed: generate_long_dataset(folder, duration_s, num_units=5, num_channels=32,
                                                                seed=seed),
-        annotation_s=PRESETS["long"].annotation_s))
+        annotation_s=PRESETS["long"].annotation_s, annotation_pieces=PRESETS["long"].annotation_pieces))
     data, description = preset_data("long", tmp_path, duration_s=6.0)
     assert data.annotation_s == 3.0 and data.held_out_start_frame == 90000 and "Neuropixels 1.0" in description
+    assert data.annotation_pieces == 1 and data.excluded_frames == ()
     assert PRESETS["long"].annotation_s(600.0) == 60.0  # at most 60 s
+    assert PRESETS["long"].annotation_pieces(600.0, 60.0) == 6  # spread, as esort spreads its window
+
+
+def test_spread_annotation_window_is_not_scored():
+    """Spikes in the pieces of a spread annotation window count for no sorter; those between the pieces do."""
+    from spikeinterface.core import NoiseGeneratorRecording, NumpySorting
+
+    from spikeinterface_esort.benchmark import BenchmarkData
+    from spikeinterface_esort.datasets import held_out_comparison
+
+    fs = 1000.0
+    recording = NoiseGeneratorRecording(num_channels=2, sampling_frequency=fs, durations=[600.0])
+    truth_frames = np.arange(500, 600000, 1000)  # one spike a second
+    truth = NumpySorting.from_samples_and_labels([truth_frames], [np.zeros(len(truth_frames), dtype=int)], fs)
+    data = BenchmarkData(recording, truth, None, 60.0, annotation_pieces=6)
+    assert data.pieces_s()[-1] == (590.0, 600.0) and data.held_out_start_frame == 10000
+    assert data.excluded_frames[0] == (118000, 128000) and len(data.excluded_frames) == 5
+    # a sorter that misses every spike inside the pieces and finds every other one
+    inside = np.zeros(len(truth_frames), dtype=bool)
+    for a, b in data.excluded_frames:
+        inside |= (truth_frames >= a) & (truth_frames < b)
+    found = truth_frames[~inside]
+    sorting = NumpySorting.from_samples_and_labels([found], [np.zeros(len(found), dtype=int)], fs)
+    scored = held_out_comparison(sorting, truth, data.held_out_start_frame, 600000, data.excluded_frames)
+    assert scored.get_performance()["accuracy"].iloc[0] == 1.0
+    unscored = held_out_comparison(sorting, truth, data.held_out_start_frame, 600000)
+    assert unscored.get_performance()["accuracy"].iloc[0] < 0.95
 
 
 def test_time_bins_cover_the_held_out_part():
