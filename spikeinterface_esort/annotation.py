@@ -19,7 +19,7 @@ from spikeinterface.core import BaseRecording, BaseSorting
 logger = logging.getLogger("spikeinterface_esort")
 
 MAX_DEFAULT_TRAIN_DURATION_S = 60.0
-DEFAULT_TRAIN_PIECES = 6
+DEFAULT_TRAIN_PIECES = 12
 SPREAD_FROM_WINDOWS = 4  # train_pieces None: spread only over a segment at least this many windows long
 
 

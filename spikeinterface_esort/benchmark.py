@@ -213,8 +213,10 @@ def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: 
             excluded_frames=[list(r) for r in data.excluded_frames],
             params=dict(sorter_name=name, remove_existing_folder=True, verbose=False, **params),
         )
-        if name == "esort":  # esort's defaults as they were run: a change of default is a new run
+        if name == "esort":  # esort's defaults as they were run, and its default window: a change of either is a new run
             cases[key]["esort_defaults"] = json.loads(json.dumps(default_params()))
+            cases[key]["esort_default_window_s"] = [list(p) for p in training_pieces_s(
+                data.recording.get_num_samples(0) / data.recording.get_sampling_frequency(), default_params())]
     return cases
 
 

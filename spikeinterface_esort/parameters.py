@@ -127,7 +127,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("train_pieces", None, (int, None), "annotation",
               "The training window is cut into this many equal pieces spread evenly from train_start_s to the end "
               "of the first segment (the teacher sorts them end to end), so that the network learns every unit "
-              "wherever the probe has drifted. None: 6 when the first segment is at least 4 windows long, else 1 "
+              "wherever the probe has drifted. None: 12 when the first segment is at least 4 windows long, else 1 "
               "(docs/defaults.md).", minimum=1),
     Parameter("annotated_spikes_per_unit", None, (int, None), "annotation",
               "Few-shot training: only the first k annotated spikes of each unit in the training window are "

@@ -109,7 +109,7 @@ def resolve_conflicts(
 
     Measured and not part of the sort: on esort's generated benchmarks it gains at most 0.0009 of accuracy,
     and only with links chosen on the scored data itself (``python -m spikeinterface_esort.studies
-    conflicts``; docs/speed.md, "Resolving spikes claimed by several units").
+    conflicts``; CHANGELOG.md, "Resolving spikes claimed by several units").
     """
     order = torch.argsort(samples, stable=True)
     s, u, v = samples[order], units[order], values[order]

@@ -186,6 +186,66 @@ def train_pieces_study(folder: Path, counts: list[int], long_duration_s: float |
     return rows
 
 
+def teacher_pieces_study(folder: Path, counts: list[int], long_duration_s: float | None = None,
+                         n_jobs: int | None = None) -> list[dict]:
+    """esort's default teacher on its default window of the ``long`` preset cut into each of ``counts`` pieces,
+    the pieces end to end as esort gives them to it (``TrainingWindow.teacher_recording``), scored against the
+    ground truth of the same pieces: what the teacher's annotations are worth before any training. A finished run
+    already in ``folder/long/teacher_pieces/pN`` is scored again, not run again."""
+    import time
+
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+    from spikeinterface.core import NumpySorting
+    from spikeinterface.sorters import read_sorter_folder, run_sorter
+
+    from .annotation import TrainingWindow, training_window
+
+    n_jobs = n_jobs or os.cpu_count() or 1
+    data, _ = preset_recording("long", folder, long_duration_s)
+    params = default_params()
+    teacher_params = dict(job_kwargs=dict(n_jobs=n_jobs, progress_bar=False))
+    rows = []
+    for n in counts:
+        window = training_window(data.recording, dict(params, train_pieces=int(n), train_duration_s=data.annotation_s))
+        sorter_folder = folder / "long" / "teacher_pieces" / f"p{n}"
+        log_file = sorter_folder / "spikeinterface_log.json"
+        print(f"long: {params['annotation_sorter']} on {window.describe(data.recording.get_sampling_frequency())} ...",
+              flush=True)
+        if log_file.is_file() and not json.loads(log_file.read_text()).get("error"):
+            sorting = read_sorter_folder(sorter_folder, register_recording=False)
+            seconds = float(json.loads(log_file.read_text())["run_time"])
+            print("  (already run: reused)", flush=True)
+        else:
+            t0 = time.perf_counter()
+            sorting = run_sorter(params["annotation_sorter"], window.teacher_recording(data.recording),
+                                 folder=sorter_folder, remove_existing_folder=True, verbose=False, **teacher_params)
+            seconds = time.perf_counter() - t0
+        spikes = data.truth.to_spike_vector()
+        inside, frames = TrainingWindow(window.pieces).to_training_frames(spikes["sample_index"])  # pieces in order
+        truth = NumpySorting.from_samples_and_labels([frames], [data.truth.unit_ids[spikes["unit_index"][inside]]],
+                                                     data.recording.get_sampling_frequency(),
+                                                     unit_ids=data.truth.unit_ids)
+        comparison = compare_sorter_to_ground_truth(truth, sorting, exhaustive_gt=True)
+        row = dict(preset="long", candidate=f"teacher on train_pieces={n}", pieces=int(n),
+                   accuracy=float(comparison.get_performance()["accuracy"].astype(float).mean()),
+                   teacher_units=len(sorting.unit_ids), well_detected=comparison.count_well_detected_units(0.8),
+                   false_positive_units=comparison.count_false_positive_units(),
+                   redundant_units=comparison.count_redundant_units(), time_s=seconds)
+        rows.append(row)
+        print(f"  {row['teacher_units']} units, accuracy {row['accuracy']:.3f}, {row['well_detected']} well detected, "
+              f"{row['false_positive_units']} false positive, {row['redundant_units']} redundant", flush=True)
+    return rows
+
+
+def teacher_markdown(rows: list[dict]) -> str:
+    lines = ["| pieces | teacher units | accuracy on the pieces | well detected (acc >= 0.8) | false positive units | "
+             "redundant units | teacher run (s) |", "|" + " --- |" * 7]
+    for r in rows:
+        lines.append(f"| {r['pieces']} | {r['teacher_units']} | {r['accuracy']:.3f} | {r['well_detected']} | "
+                     f"{r['false_positive_units']} | {r['redundant_units']} | {r['time_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict]) -> str:
     columns = ["preset", "candidate", "accuracy", "delta", "worst_unit_delta", "first_bin", "last_bin", "decay",
                "time_s", "annotation_s", "training_s", "inference_s"]
@@ -228,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "ground-truth annotations, scored on a common held-out part and minute by minute")
     parser.add_argument("--train-pieces-teacher", action="store_true",
                         help="--train-pieces with esort's default teacher instead of the ground truth")
+    parser.add_argument("--teacher-pieces", nargs="*", type=int, default=[],
+                        help="also: the default teacher alone on the default window of 'long' in each of these numbers "
+                             "of pieces, scored against the ground truth of the pieces")
     parser.add_argument("--n-jobs", type=int, help="CPU threads (default: all cores)")
     return parser
 
@@ -245,11 +308,16 @@ def main(argv: list[str] | None = None) -> int:
         rows += teacher_window_study(folder, args.teacher_windows, args.long_duration, args.n_jobs)
     if args.train_pieces:
         rows += train_pieces_study(folder, args.train_pieces, args.long_duration, args.n_jobs, args.train_pieces_teacher)
+    teacher_rows = teacher_pieces_study(folder, args.teacher_pieces, args.long_duration, args.n_jobs) \
+        if args.teacher_pieces else []
     pd.DataFrame(rows).to_csv(folder / "settings.csv", index=False)
     command = " ".join(["python -m spikeinterface_esort.settings_study"] + (sys.argv[1:] if argv is None else list(argv)))
-    (folder / "settings.md").write_text(f"Command: `{command}`\n\n" + markdown(rows))
+    text = (markdown(rows) if rows else "") + (("\n" if rows else "") + teacher_markdown(teacher_rows) if teacher_rows else "")
+    if teacher_rows:
+        pd.DataFrame(teacher_rows).to_csv(folder / "teacher_pieces.csv", index=False)
+    (folder / "settings.md").write_text(f"Command: `{command}`\n\n" + text)
     print()
-    print(markdown(rows))
+    print(text)
     return 0
 
 

@@ -44,7 +44,7 @@ def test_long_preset_scores_after_esorts_default_window(tmp_path, monkeypatch):
     assert data.annotation_s == 3.0 and data.held_out_start_frame == 90000 and "Neuropixels 1.0" in description
     assert data.annotation_pieces == 1 and data.excluded_frames == ()
     assert PRESETS["long"].annotation_s(600.0) == 60.0  # at most 60 s
-    assert PRESETS["long"].annotation_pieces(600.0, 60.0) == 6  # spread, as esort spreads its window
+    assert PRESETS["long"].annotation_pieces(600.0, 60.0) == 12  # spread, as esort spreads its window
 
 
 def test_spread_annotation_window_is_not_scored():

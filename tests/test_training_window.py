@@ -16,8 +16,8 @@ from spikeinterface_esort.parameters import default_params
 def test_default_window_is_spread_only_over_a_long_recording():
     params = default_params()
     ten_minutes = training_pieces_s(600.0, params)
-    assert len(ten_minutes) == 6 and ten_minutes[0] == (0.0, 10.0) and ten_minutes[-1] == (590.0, 600.0)
-    assert np.allclose(np.diff([a for a, _ in ten_minutes]), 118.0)
+    assert len(ten_minutes) == 12 and ten_minutes[0] == (0.0, 5.0) and ten_minutes[-1] == (595.0, 600.0)
+    assert np.allclose(np.diff([a for a, _ in ten_minutes]), 595.0 / 11)
     assert training_pieces_s(200.0, params) == [(0.0, 60.0)]  # shorter than 4 windows: one piece
     assert training_pieces_s(40.0, params) == [(0.0, 20.0)]
     assert training_pieces_s(600.0, dict(params, train_pieces=1)) == [(0.0, 60.0)]
