@@ -42,7 +42,7 @@ class TrainingWindow:
 
     def parts(self) -> list[tuple[int, int]]:
         """Frames of segment 0 that make up the training recording, in its order (adjacent ones merged)."""
-        cuts = [start + int(round((end - start) * (1.0 - self.validation_fraction))) for start, end in self.pieces]
+        cuts = self._validation_starts()
         parts = [(s, c) for (s, _), c in zip(self.pieces, cuts)] + [(c, e) for (_, e), c in zip(self.pieces, cuts)]
         merged: list[tuple[int, int]] = []
         for start, end in parts:
@@ -56,13 +56,16 @@ class TrainingWindow:
 
     def validation_parts(self) -> list[tuple[int, int]]:
         """Frames of segment 0 held out for validation: the last ``validation_fraction`` of each piece."""
-        cuts = [start + int(round((end - start) * (1.0 - self.validation_fraction))) for start, end in self.pieces]
-        return [(c, e) for (_, e), c in zip(self.pieces, cuts) if e > c]
+        return [(c, e) for (_, e), c in zip(self.pieces, self._validation_starts()) if e > c]
 
     @property
     def num_training_samples(self) -> int:
         """Samples of the training part: frames ``[0, num_training_samples)`` of the training recording."""
-        return sum(int(round((end - start) * (1.0 - self.validation_fraction))) for start, end in self.pieces)
+        return sum(c - start for (start, _), c in zip(self.pieces, self._validation_starts()))
+
+    def _validation_starts(self) -> list[int]:
+        """The frame where each piece's validation part begins (its end when there is none)."""
+        return [start + int(round((end - start) * (1.0 - self.validation_fraction))) for start, end in self.pieces]
 
     def training_recording(self, recording: BaseRecording) -> BaseRecording:
         """Segment 0 of ``recording`` cut to the training recording (``parts`` end to end)."""

@@ -359,20 +359,28 @@ def time_bins(start_frame: int, end_frame: int, sampling_frequency: float, bin_s
     return list(zip(edges[:-1], edges[1:]))
 
 
-def _timecourse(study: HeldOutSorterStudy, key: str, data: BenchmarkData, bin_s: float) -> list[dict]:
-    """Mean accuracy over truth units (those that fire in the bin) of ``key``'s sorting in each time bin of the
-    held-out part."""
-    sorting = study.get_result(key)["sorting"]
-    fs = data.recording.get_sampling_frequency()
+def accuracy_per_bin(sorting: BaseSorting, truth: BaseSorting, start_frame: int, end_frame: int,
+                     sampling_frequency: float, bin_s: float, excluded: tuple = ()) -> list[dict]:
+    """Mean accuracy of ``sorting`` over the truth units that fire in each ``time_bins`` bin of frames
+    ``[start_frame, end_frame)`` (without the ``excluded`` frame ranges): start_s, end_s, accuracy, num_truth_units."""
+    fs = sampling_frequency
     rows = []
-    for start, end in time_bins(data.held_out_start_frame, data.recording.get_num_samples(0), fs, bin_s):
-        performance = held_out_comparison(sorting, data.truth, start, end, data.excluded_frames).get_performance()
-        firing = data.truth.frame_slice(start, end).count_num_spikes_per_unit(outputs="array") > 0
+    for start, end in time_bins(start_frame, end_frame, fs, bin_s):
+        performance = held_out_comparison(sorting, truth, start, end, excluded).get_performance()
+        firing = truth.frame_slice(start, end).count_num_spikes_per_unit(outputs="array") > 0
         accuracy = performance["accuracy"].astype(float).to_numpy()[firing]
-        rows.append(dict(case=key, sorter=study.cases[key]["label"], start_s=start / fs, end_s=end / fs,
+        rows.append(dict(start_s=start / fs, end_s=end / fs,
                          accuracy=float(accuracy.mean()) if len(accuracy) else float("nan"),
                          num_truth_units=int(firing.sum())))
     return rows
+
+
+def _timecourse(study: HeldOutSorterStudy, key: str, data: BenchmarkData, bin_s: float) -> list[dict]:
+    """``accuracy_per_bin`` of ``key``'s sorting on the held-out part."""
+    bins = accuracy_per_bin(study.get_result(key)["sorting"], data.truth, data.held_out_start_frame,
+                            data.recording.get_num_samples(0), data.recording.get_sampling_frequency(), bin_s,
+                            data.excluded_frames)
+    return [dict(case=key, sorter=study.cases[key]["label"], **row) for row in bins]
 
 
 SCORING_FIELDS = ("held_out_start_frame", "excluded_frames")

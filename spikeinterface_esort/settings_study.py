@@ -152,7 +152,7 @@ def train_pieces_study(folder: Path, counts: list[int], long_duration_s: float |
     held-out part: after the window's length, without any count's pieces; also per ``bin_s`` bin, with the last
     bin minus the first (``decay``: what drift costs)."""
     from .annotation import training_pieces_s
-    from .benchmark import time_bins
+    from .benchmark import accuracy_per_bin
     from .datasets import held_out_comparison
 
     n_jobs = n_jobs or os.cpu_count() or 1
@@ -172,11 +172,7 @@ def train_pieces_study(folder: Path, counts: list[int], long_duration_s: float |
                                                                             job_kwargs=dict(n_jobs=n_jobs))
         sorting, scores, _ = sort_or_reuse(folder / "long" / "runs" / name, data, **window, **source)
         performance = held_out_comparison(sorting, data.truth, start, end, excluded).get_performance()
-        bins = []
-        for a, b in time_bins(start, end, fs, bin_s):
-            firing = data.truth.frame_slice(a, b).count_num_spikes_per_unit(outputs="array") > 0
-            bins.append(float(held_out_comparison(sorting, data.truth, a, b, excluded).get_performance()["accuracy"]
-                              .astype(float).to_numpy()[firing].mean()))
+        bins = [row["accuracy"] for row in accuracy_per_bin(sorting, data.truth, start, end, fs, bin_s, excluded)]
         row = dict(preset="long", candidate=f"train_pieces={n}" + (" (default teacher)" if teacher else ""),
                    accuracy=float(performance["accuracy"].astype(float).mean()), first_bin=bins[0], last_bin=bins[-1],
                    decay=bins[-1] - bins[0], time_s=scores["time_s"], **_steps(folder / "long" / "runs" / name))
