@@ -7,9 +7,10 @@ all channels. What transfers to a new network depends on the probe:
 - the temporal filters transfer to any probe; at another window length (another
   sampling rate or ``window_ms``) they are resampled in time;
 - the per-channel BatchNorms and the spatial filter transfer only when the channel
-  layout is the same (same relative contact positions, in the same order); otherwise
-  the BatchNorms start from the mean over the pretrained channels and the spatial
-  filter is trained from scratch;
+  layout is the same (the same contact positions up to a translation, in any channel
+  order: they are reordered to the recording's channels); otherwise the BatchNorms start
+  from the mean over the pretrained channels and the spatial filter is trained from
+  scratch;
 - the head is always new, sized to the units of the annotations.
 
 Backbones ship in ``pretrained/`` (``<name>.pt``: float16 state dict; ``<name>.json``:
@@ -79,6 +80,20 @@ def same_layout(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.abs(relative_layout(a) - relative_layout(b)).max() <= LAYOUT_TOLERANCE_UM)
 
 
+def layout_order(pretrained: np.ndarray, recording: np.ndarray) -> np.ndarray | None:
+    """Where each recording channel's contact is among the pretrained channels, when both probes have the same
+    contact positions up to a translation, in any channel order: ``order[i]`` is the pretrained channel at the
+    recording's channel ``i`` (within ``LAYOUT_TOLERANCE_UM``). None when the positions differ."""
+    if len(pretrained) != len(recording):
+        return None
+    a, b = relative_layout(pretrained), relative_layout(recording)
+    distance = np.abs(b[:, None, :] - a[None, :, :]).max(axis=2)  # (recording, pretrained), um
+    order = distance.argmin(axis=1)
+    if distance[np.arange(len(b)), order].max() > LAYOUT_TOLERANCE_UM or len(np.unique(order)) != len(order):
+        return None
+    return order
+
+
 def load_backbone(path: str | Path) -> Backbone:
     """A backbone from ``<name>.pt`` + ``<name>.json``, or from a saved esort model (its folder, or the
     ``sorter_output`` or ``run_sorter`` folder holding it)."""
@@ -145,19 +160,31 @@ def resolve_backbone(value: str | None, channel_locations: np.ndarray, sampling_
         def rank(name: str) -> tuple:
             locations = np.asarray(cards[name]["channel_locations"], dtype="float64")
             return (
-                same_layout(locations, channel_locations),
+                layout_order(locations, channel_locations) is not None,
                 abs(float(cards[name]["sampling_frequency"]) - sampling_frequency) < 1e-6,
                 -abs(len(locations) - len(channel_locations)),
             )
 
-        return load_backbone(pretrained_folder() / f"{max(names, key=rank)}.pt")
+        chosen = max(names, key=rank)
+        same_probe, same_rate, _ = rank(chosen)
+        logger.info(
+            "transfer: pretrained_weights='auto' chose the shipped backbone %s (%s; %s)", chosen,
+            "same contact positions as the recording" if same_probe else
+            f"no shipped backbone has this probe's {len(channel_locations)} contact positions: only its temporal "
+            "filters transfer",
+            "same sampling rate" if same_rate else
+            f"trained at {float(cards[chosen]['sampling_frequency']):g} Hz, the recording is at {sampling_frequency:g} Hz",
+        )
+        return load_backbone(pretrained_folder() / f"{chosen}.pt")
     if value in names:
+        logger.info("transfer: pretrained_weights=%r: the shipped backbone of that name", value)
         return load_backbone(pretrained_folder() / f"{value}.pt")
     path = Path(value)
     if not path.exists() and not path.with_suffix(".pt").exists():
         raise ValueError(
             f"esort parameter 'pretrained_weights'={value!r} is not a shipped backbone ({names}) and no such path exists."
         )
+    logger.info("transfer: pretrained_weights=%r: weights from that path", value)
     return load_backbone(path)
 
 
@@ -167,6 +194,21 @@ def _resample_time(weight: torch.Tensor, samples: int) -> torch.Tensor:
         return weight.clone()
     resampled = F.interpolate(weight, size=samples, mode="linear", align_corners=True)
     return resampled * (weight.shape[-1] / samples)
+
+
+def _reordered_channel_state(state: dict, order: np.ndarray, features_per_channel: int) -> dict:
+    """The per-channel layers' state with the pretrained channels taken in ``order`` (``layout_order``): the
+    BatchNorms' per-channel entries, and the spatial filter's weight columns (channel-major, ``features_per_channel``
+    columns per channel)."""
+    index = torch.as_tensor(order, dtype=torch.long)
+    out = dict(state)
+    for layer in ("temporal1_norm", "temporal2_norm"):
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{layer}.{key}"] = state[f"{layer}.{key}"][index]
+    weight = state["spatial.weight"]  # (hidden, channels * features_per_channel, 1)
+    columns = weight.reshape(weight.shape[0], len(order), features_per_channel, *weight.shape[2:])
+    out["spatial.weight"] = columns[:, index].reshape(weight.shape)
+    return out
 
 
 def _mean_norm_state(state: dict, prefix: str, channels: int) -> dict:
@@ -182,8 +224,9 @@ def transfer_backbone(
     network: ESortNetwork, backbone: Backbone, channel_locations: np.ndarray, sampling_frequency: float
 ) -> dict:
     """Copy into ``network`` what transfers from ``backbone``; returns lists of the layers ``transferred``,
-    ``adapted`` (resampled or channel-averaged) and ``from_scratch``, which are also logged."""
-    report = dict(backbone=backbone.name, transferred=[], adapted=[], from_scratch=[])
+    ``adapted`` (resampled or channel-averaged) and ``from_scratch``, which are also logged, and ``reordered``
+    (whether the per-channel layers were taken in the recording's channel order)."""
+    report = dict(backbone=backbone.name, transferred=[], adapted=[], from_scratch=[], reordered=False)
     state = backbone.state
     if tuple(network.temporal_features) != tuple(backbone.temporal_features):
         report["from_scratch"] += [*TEMPORAL_LAYERS, *CHANNEL_LAYERS]
@@ -198,8 +241,13 @@ def transfer_backbone(
                 module.weight.copy_(weight)
                 report["transferred"].append(layer)
             module.bias.copy_(state[f"{layer}.bias"])
-        layout = same_layout(backbone.channel_locations, channel_locations)
-        same_shape = layout and network.hidden_size == backbone.hidden_size
+        order = layout_order(backbone.channel_locations, channel_locations)
+        same_shape = order is not None and network.hidden_size == backbone.hidden_size
+        if same_shape and not np.array_equal(order, np.arange(len(order))):
+            state = _reordered_channel_state(state, order, network.temporal_features[1])
+            report["reordered"] = True
+            logger.info("transfer: the recording has the backbone's contact positions in another channel order; "
+                        "its per-channel layers are reordered to the recording's channels")
         for layer in ("temporal1_norm", "temporal2_norm"):
             module = getattr(network, layer)
             if same_shape:

@@ -9,7 +9,9 @@ import torch
 
 import spikeinterface_esort
 from spikeinterface_esort.network import ESortNetwork
-from spikeinterface_esort.transfer import load_backbone, pretrained_folder, resolve_backbone, transfer_backbone
+from spikeinterface_esort.transfer import (
+    layout_order, load_backbone, pretrained_folder, resolve_backbone, transfer_backbone,
+)
 
 
 @pytest.mark.parametrize("name", ["grid-32ch-30khz", "np1-384ch-30khz"])
@@ -37,6 +39,37 @@ def test_same_layout_transfers_the_whole_backbone(ground_truth_recording):
     torch.testing.assert_close(network.spatial.weight, backbone.state["spatial.weight"])
 
 
+def test_auto_matches_a_neuropixels_recording_whatever_its_channel_order(caplog):
+    """probeinterface's Neuropixels 1.0 probe lists its channels in electrode order, the shipped np1 backbone in
+    another: 'auto' still picks it, and the whole backbone transfers, reordered to the recording's channels."""
+    from spikeinterface_esort.datasets import neuropixels_1_probe
+
+    probe = neuropixels_1_probe(384)
+    locations = probe.contact_positions[np.argsort(probe.device_channel_indices)]
+    with caplog.at_level("INFO", logger="spikeinterface_esort"):
+        backbone = resolve_backbone("auto", locations, 30000.0)
+    assert backbone.name == "np1-384ch-30khz"
+    assert "chose the shipped backbone np1-384ch-30khz (same contact positions as the recording; same sampling rate)" \
+        in caplog.text
+    order = layout_order(backbone.channel_locations, locations)
+    assert order is not None and sorted(order) == list(range(384)) and not np.array_equal(order, np.arange(384))
+    # the same features from the same voltages, whichever order the channels come in
+    in_backbone_order, in_recording_order = ESortNetwork(384, 60, 3), ESortNetwork(384, 60, 3)
+    transfer_backbone(in_backbone_order, backbone, backbone.channel_locations, 30000.0)
+    report = transfer_backbone(in_recording_order, backbone, locations, 30000.0)
+    assert report["reordered"] and report["from_scratch"] == ["head"] and not report["adapted"]
+    traces = torch.randn(2, 384, 120, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = in_backbone_order.eval().backbone(traces)
+        found = in_recording_order.eval().backbone(traces[:, torch.as_tensor(order)])
+    torch.testing.assert_close(found, expected, rtol=1e-4, atol=1e-4)
+    # another probe's positions never match, whatever their order
+    grid = load_backbone(pretrained_folder() / "grid-32ch-30khz.pt").channel_locations
+    assert layout_order(backbone.channel_locations, locations[::-1]) is not None
+    assert layout_order(grid, grid[np.random.default_rng(0).permutation(32)]) is not None
+    assert layout_order(grid, grid * 1.5) is None and layout_order(grid, locations[:32]) is None
+
+
 def test_other_probe_keeps_the_temporal_filters_and_trains_the_spatial_stage(small_recording):
     recording = small_recording[0]  # 8 channels
     backbone = resolve_backbone("auto", recording.get_channel_locations(), 30000.0)
@@ -57,6 +90,8 @@ def test_run_sorter_from_pretrained_weights_logs_what_it_transferred(small_recor
     si.run_sorter("esort", recording, folder=tmp_path / "out", annotation_sorting_path=str(gt_folder),
                   train_duration_s=8.0, epochs=2, pretrained_weights="auto", freeze_layers="temporal")
     log = (tmp_path / "out" / "sorter_output" / "esort.log").read_text()
+    assert "pretrained_weights='auto' chose the shipped backbone grid-32ch-30khz (no shipped backbone has this " \
+           "probe's 8 contact positions: only its temporal filters transfer; same sampling rate)" in log
     assert "transfer: from backbone grid-32ch-30khz: transferred ['temporal1', 'temporal2']" in log
     assert "trained from scratch ['spatial', 'spatial_norm', 'head']" in log
     assert "frozen layers ['temporal1', 'temporal2']" in log
