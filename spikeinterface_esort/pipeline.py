@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,25 @@ def set_unit_properties(
         sorting.set_property(f"esort_{name}", np.array([u[key] for u in validation["units"]], dtype="float32"))
 
 
+def check_spike_counts(detected: DetectedSpikes, unit_ids: np.ndarray, thresholds: np.ndarray, all_silent_is_error: bool) -> None:
+    """Warn (log and ``UserWarning``) naming the units the sort gave no spike; with ``all_silent_is_error``, raise
+    ``RuntimeError`` when no unit has a spike (a run trained on annotated spikes that finds none has failed)."""
+    counts = np.bincount(detected.unit_index, minlength=len(unit_ids))
+    silent = [unit_ids[i] for i in np.flatnonzero(counts == 0)]
+    if not silent:
+        return
+    names = ", ".join(str(u) for u in silent[:20]) + (f" and {len(silent) - 20} more" if len(silent) > 20 else "")
+    thresholds_text = ", ".join(f"{t:.2f}" for t in np.asarray(thresholds)[counts == 0][:5])
+    message = (f"esort found no spike for {len(silent)} of {len(unit_ids)} units ({names}); their detection "
+               f"thresholds: {thresholds_text}{', ...' if len(silent) > 5 else ''}. Check validation.json and esort.log: "
+               "too few annotated spikes, a teacher unit that is noise, or a pretrained backbone that does not fit.")
+    if all_silent_is_error and len(silent) == len(unit_ids):
+        logger.error("%s", message)
+        raise RuntimeError(message + " The model and validation.json are saved in the sorter folder.")
+    logger.warning("%s", message)
+    warnings.warn(message, stacklevel=2)
+
+
 MODEL_PARAMS_EXCLUDED = ("job_kwargs", "annotation_sorting_path", "annotation_sorter_params")
 
 
@@ -300,15 +320,24 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
         np.save(folder / "spike_probabilities.npy", detected.probability)
         (folder / "validation.json").write_text(json.dumps(model.validation, indent=2, default=_json_default), encoding="utf8")
         (folder / "timings.json").write_text(json.dumps(timer.seconds, indent=2), encoding="utf8")
+        check_spike_counts(detected, annotations.unit_ids, model.thresholds, all_silent_is_error=True)
         summary = run_summary(timer.seconds, recording.get_total_duration())
         logger.info("%s", summary)
         if verbose:
             print(summary, flush=True)
-        # written under another name, then renamed: a crash never leaves a sorting that loads as complete
-        partial = folder / "sorting.partial"
-        sorting.save(folder=partial, overwrite=True)
-        partial.rename(folder / "sorting")
+        save_sorting(sorting, folder / "sorting")
     return sorting
+
+
+def save_sorting(sorting: NumpySorting, folder: Path) -> None:
+    """Save ``sorting`` to ``folder`` under another name first, then rename it: a crash never leaves a sorting that
+    loads as complete. SpikeInterface's warning that an in-memory sorting has no provenance to save is not shown
+    (the sorting itself is saved whole)."""
+    partial = folder.with_name(folder.name + ".partial")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The extractor is not serializable to file")
+        sorting.save(folder=partial, overwrite=True)
+    partial.rename(folder)
 
 
 def _json_default(value):
@@ -368,11 +397,10 @@ def sort_with_model(
         sorting.set_property("esort_mean_probability", mean_probabilities(detected, len(model.unit_ids)))
         sorting.set_property("esort_threshold", model.thresholds.astype("float32"))
         logger.info("sorting: %d spikes of %d units", len(detected.sample_index), len(model.unit_ids))
+        check_spike_counts(detected, model.unit_ids, model.thresholds, all_silent_is_error=False)
         if folder is not None:
             np.save(folder / "spike_probabilities.npy", detected.probability)
-            partial = folder / "sorting.partial"
-            sorting.save(folder=partial, overwrite=True)
-            partial.rename(folder / "sorting")
+            save_sorting(sorting, folder / "sorting")
     return sorting
 
 

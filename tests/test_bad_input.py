@@ -147,3 +147,20 @@ def test_int16_recording_with_gains(small_recording, tmp_path):
     half = recording.get_num_samples() // 2
     comparison = si.compare_sorter_to_ground_truth(ground_truth.frame_slice(half, None), sorting.frame_slice(half, None))
     assert comparison.get_performance()["accuracy"].astype(float).mean() > 0.8
+
+
+def test_units_without_spikes_are_named_and_a_sort_without_any_spike_fails(small_recording, tmp_path):
+    from spikeinterface_esort.inference import DetectedSpikes
+    from spikeinterface_esort.pipeline import check_spike_counts
+
+    detected = DetectedSpikes(*(np.array(v) for v in ([10, 20], [0, 0], [0, 2], [0.9, 0.8])))
+    with pytest.warns(UserWarning, match=r"no spike for 2 of 4 units \(b, d\); their detection thresholds: 0.60, 0.80"):
+        check_spike_counts(detected, np.array(["a", "b", "c", "d"]), np.array([0.5, 0.6, 0.7, 0.8]), True)
+    # a threshold no probability reaches: every unit silent is an error, with the model kept for inspection
+    recording, _, gt_folder = small_recording
+    with pytest.raises(Exception, match="esort found no spike for 4 of 4 units") as error:
+        si.run_sorter("esort", recording, folder=tmp_path / "out", **gt_params(gt_folder, detection_threshold=0.999999))
+    assert "validation.json" in str(error.value)
+    output = tmp_path / "out" / "sorter_output"
+    assert (output / "model" / "model.json").is_file() and not (output / "sorting").exists()
+    assert "ERROR esort found no spike" in (output / "esort.log").read_text()

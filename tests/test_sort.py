@@ -2,6 +2,7 @@
 the held-out part with SpikeInterface's compare_sorter_to_ground_truth."""
 
 import json
+import warnings
 
 import numpy as np
 import spikeinterface.full as si
@@ -18,9 +19,12 @@ def held_out_scores(sorting, ground_truth, start_frame):
 def test_sort_with_ground_truth_annotations_of_the_first_half(ground_truth_recording, tmp_path):
     recording, ground_truth, gt_folder = ground_truth_recording
     folder = tmp_path / "esort_output"
-    sorting = si.run_sorter(
-        "esort", recording, folder=folder, annotation_sorting_path=str(gt_folder), train_duration_s=20.0
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sorting = si.run_sorter(
+            "esort", recording, folder=folder, annotation_sorting_path=str(gt_folder), train_duration_s=20.0
+        )
+    assert not [str(w.message) for w in caught if "spikeinterface_esort" in w.filename or "serializable" in str(w.message)]
     half = recording.get_num_samples() // 2
     perf, mean_accuracy, well_detected = held_out_scores(sorting, ground_truth, half)
     assert mean_accuracy >= 0.9, perf
