@@ -38,11 +38,9 @@ class ESortSorter(BaseSorter):
 
     @classmethod
     def is_installed(cls) -> bool:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None  # found, not imported: torch loads when esort runs
 
     @classmethod
     def get_sorter_version(cls) -> str:

@@ -52,3 +52,21 @@ def test_bad_parameter_values_are_refused_before_sorting(small_recording, tmp_pa
     recording, _, _ = small_recording
     with pytest.raises(ValueError, match=message):
         si.run_sorter("esort", recording, folder=tmp_path / "out", **bad)
+
+
+def test_a_fresh_interpreter_registers_esort_without_loading_torch():
+    """The start-up hook registers esort wherever spikeinterface.sorters is imported (run_sorter_jobs workers
+    included) without importing torch; torch loads when esort is used."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import spikeinterface.sorters as ss; "
+        "assert 'esort' in ss.sorterlist.sorter_dict, 'not registered'; "
+        "assert 'torch' not in sys.modules, 'torch loaded on registration'; "
+        "import spikeinterface_esort; assert 'torch' not in sys.modules, 'torch loaded on import'; "
+        "assert 'esort' in ss.installed_sorters() and 'torch' not in sys.modules; "
+        "spikeinterface_esort.ESortModel; assert 'torch' in sys.modules; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
