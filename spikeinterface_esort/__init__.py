@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from .parameters import PUBLISHED_PARAMS  # noqa: E402
 from .registration import register  # noqa: E402
-from .results import spike_probabilities  # noqa: E402
+from .results import export_to_phy, spike_probabilities  # noqa: E402
 from .sorter import ESortSorter  # noqa: E402
 
 register()
@@ -39,5 +39,5 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ESortSorter", "ESortModel", "OnlineSorter", "PUBLISHED_PARAMS", "UNIT_PROPERTIES", "available_backbones", "register",
-    "spike_probabilities", "__version__",
+    "export_to_phy", "spike_probabilities", "__version__",
 ]
