@@ -133,10 +133,6 @@ class ESortModel:
         refined = torch.round((points + offsets) * stride).long() + centre if stride > 1 else grid
         return units, grid, refined, values
 
-    def detect(self, traces: torch.Tensor, thresholds: np.ndarray | torch.Tensor | None = None, stride: int = 1):
-        """``spikes(probabilities(traces, stride), thresholds, stride)`` for a block of preprocessed traces."""
-        return self.spikes(self.probabilities(traces, stride), thresholds, stride)
-
     # persistence -------------------------------------------------------------------------
     def card(self) -> dict:
         """JSON description of the model (everything but the weights)."""

@@ -2,7 +2,6 @@
 
 Per unit, as published: smooth the probability trace with a triangular kernel, then
 a spike is a local maximum of the smoothed trace at or above the unit's threshold.
-``resolve_conflicts`` (one spike claimed by several units) was measured and is not part of the sort.
 """
 
 from __future__ import annotations
@@ -80,45 +79,3 @@ def detect_spikes(
     curvature = before - 2 * values + after
     offsets = torch.where(curvature < 0, 0.5 * (before - after) / curvature.clamp(max=-1e-12), torch.zeros_like(values))
     return units, points + kernel.numel() // 2, offsets.clamp(-0.5, 0.5), values
-
-
-def neighbour_pairs(samples: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index pairs (i, j), i < j, of detections at most ``window`` samples apart; ``samples`` sorted ascending.
-
-    Tensor operations only (one ``searchsorted`` and two ``repeat_interleave``), so it runs where the
-    detections are (CPU or GPU)."""
-    index = torch.arange(samples.numel(), device=samples.device)
-    ends = torch.searchsorted(samples, samples + window, right=True)
-    counts = ends - index - 1
-    first = torch.repeat_interleave(index, counts)
-    group_start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    second = first + 1 + torch.arange(first.numel(), device=samples.device) - group_start
-    return first, second
-
-
-def resolve_conflicts(
-    samples: torch.Tensor, units: torch.Tensor, values: torch.Tensor, linked: torch.Tensor, window: int
-) -> torch.Tensor:
-    """Resolve spikes claimed by several units: a conflict graph between near-simultaneous detections.
-
-    Detections of two units linked in ``linked`` ((units, units) bool) at most ``window`` samples apart are
-    neighbours; a detection is kept only where it is the most probable (``values``) among its neighbours
-    (ties: the earlier, then the first given). One parallel round: every detection is judged against all
-    its neighbours at once, so the result does not depend on an order of visits. Returns a keep mask in the
-    order given.
-
-    Measured and not part of the sort: on esort's generated benchmarks it gains at most 0.0009 of accuracy,
-    and only with links chosen on the scored data itself (``python -m spikeinterface_esort.studies
-    conflicts``; CHANGELOG.md, "Resolving spikes claimed by several units").
-    """
-    order = torch.argsort(samples, stable=True)
-    s, u, v = samples[order], units[order], values[order]
-    first, second = neighbour_pairs(s, window)
-    edge = linked.to(s.device)[u[first], u[second]]
-    first, second = first[edge], second[edge]
-    loser = torch.where(v[first] >= v[second], second, first)
-    keep_sorted = torch.ones(s.numel(), dtype=torch.bool, device=s.device)
-    keep_sorted[loser] = False
-    keep = torch.empty_like(keep_sorted)
-    keep[order] = keep_sorted
-    return keep

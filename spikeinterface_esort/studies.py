@@ -1,12 +1,10 @@
-"""Studies on generated ground truth: drift, noise, model reuse, and resolving spikes claimed by several units.
+"""Studies on generated ground truth: drift, noise and model reuse.
 
 ``python -m spikeinterface_esort.studies drift --folder F`` sorts static, zigzag and bumps
 recordings from ``generate_drifting_recording`` (same neurons) with esort: no drift handling,
 motion correction, drift augmentation (``ESORT_DRIFT_OPTIONS``); ``... noise --folder F`` sorts recordings of growing noise with esort and
 spykingcircus2; ``... reuse --folder F`` applies a saved model to a second session of the same neurons
-(see ``reuse_study``); ``... conflicts --folder F --datasets 64ch-30u-60s np1-384ch-64u-40s --teacher
-spykingcircus2`` measures whether a conflict graph between near-simultaneous detections pays (see
-``conflicts_study``). esort trains on ground-truth annotations of the first half; every sorter is
+(see ``reuse_study``). esort trains on ground-truth annotations of the first half; every sorter is
 scored on the second half with ``compare_sorter_to_ground_truth``. Each prints a Markdown table
 and writes ``results.json`` in its folder.
 """
@@ -17,14 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import torch
-
 import spikeinterface_esort  # noqa: F401  (registers "esort")
 
 from .datasets import DRIFT_MODES, generate_dataset, generate_drifting_dataset, sort_and_score
-from .postprocessing import neighbour_pairs, resolve_conflicts
-from .throughput import ACCURACY_DATASETS
 
 ESORT_DRIFT_OPTIONS = {
     "none": {"motion_correction": None, "drift_augmentation_um": 0.0},
@@ -151,137 +144,15 @@ def reuse_study(folder: Path, seed: int = 0, duration_s: float = 40.0, k: int = 
     return rows
 
 
-CONFLICT_WINDOWS_MS = (0.2, 0.4, 0.67)
-CONFLICT_COLUMNS = ["recording", "annotations", "window_ms", "rule", "linked_pairs", "removed"]
-CONFLICT_SCORES = ["accuracy", "delta", "precision", "recall", "well_detected"]
-
-
-def conflict_gains(samples: np.ndarray, units: np.ndarray, values: np.ndarray, matched: np.ndarray, num_units: int,
-                   window: int) -> np.ndarray:
-    """Net gain (units, units) of resolving each pair of units alone (``postprocessing.resolve_conflicts``):
-    over detections of the two units at most ``window`` samples apart, +1 where the less probable is not
-    ``matched`` (a false positive removed), -1 where it is (a true spike lost)."""
-    order = np.argsort(samples, kind="stable")
-    first, second = (x.numpy() for x in neighbour_pairs(torch.from_numpy(samples[order]), window))
-    u, v, m = units[order], values[order], matched[order]
-    different = u[first] != u[second]
-    first, second = first[different], second[different]
-    loser = np.where(v[first] >= v[second], second, first)
-    gains = np.zeros((num_units, num_units))
-    np.add.at(gains, (u[first], u[second]), np.where(m[loser], -1.0, 1.0))
-    return gains + gains.T
-
-
-def _matched(samples: np.ndarray, units: np.ndarray, values: np.ndarray, reference: list[np.ndarray | None],
-             tolerance: int) -> np.ndarray:
-    """True where a detection is its unit's match to a ``reference`` spike (per unit index: sorted spike
-    times, or None for a unit without reference), as thresholds are chosen (``validation.match_candidates``)."""
-    from .validation import match_candidates
-
-    matched = np.zeros(len(samples), dtype=bool)
-    for u, times in enumerate(reference):
-        mine = np.flatnonzero(units == u)
-        if times is not None and len(mine):
-            matched[mine] = match_candidates(samples[mine], values[mine], times, tolerance)
-    return matched
-
-
-def _trains(sorting, unit_ids: list, start: int, stop: int) -> list[np.ndarray | None]:
-    """Spike trains of ``unit_ids`` (None stays None) in frames ``[start, stop)`` of segment 0."""
-    trains = []
-    for unit_id in unit_ids:
-        train = None if unit_id is None else sorting.get_unit_spike_train(unit_id)
-        trains.append(None if train is None else train[(train >= start) & (train < stop)])
-    return trains
-
-
-def conflicts_study(folder: Path, datasets: list[str], teacher: str | None = None,
-                    windows_ms: tuple[float, ...] = CONFLICT_WINDOWS_MS) -> list[dict]:
-    """Whether resolving spikes claimed by several units (``postprocessing.resolve_conflicts``) pays.
-
-    esort sorts each recording (ACCURACY_DATASETS; trained on the first half: ground-truth annotations, and
-    ``teacher``'s when given), then its spikes are resolved with, as links between units: none; every pair;
-    the pairs whose resolution alone has a net gain of at least 1 or 2 spikes on the held-out part of the
-    training window (against the annotations, as thresholds are chosen); and, as a bound, the pairs with a net
-    gain on the scored half itself (against ground truth, which no sort has). Windows of ``windows_ms``. Scored
-    on the second half with ``compare_sorter_to_ground_truth``; ``delta`` is the accuracy minus that of the
-    unresolved sorting."""
-    from spikeinterface.core import NumpySorting
-    from spikeinterface.sorters import read_sorter_folder
-
-    from .datasets import held_out_comparison, held_out_performance, summarise
-
-    rows = []
-    for name in datasets:
-        channels, units, duration_s, seed, layout = ACCURACY_DATASETS[name]
-        sub = folder / name
-        recording, truth = generate_dataset(sub, channels, units, duration_s, seed=seed, layout=layout)
-        params, start = _esort_params(recording, sub)
-        fs, stop = recording.get_sampling_frequency(), recording.get_num_samples()
-        for annotation in ["ground_truth"] + ([teacher] if teacher else []):
-            out = sub / f"esort_{annotation}"
-            run_params = dict(params) if annotation == "ground_truth" else dict(
-                annotation_sorter=annotation, train_duration_s=params["train_duration_s"], train_pieces=1)
-            sorting, _, _ = sort_and_score("esort", recording, truth, out, start, **run_params)
-            output = out / "sorter_output"
-            spikes = sorting.to_spike_vector()
-            samples, unit_index = spikes["sample_index"].astype(np.int64), spikes["unit_index"].astype(np.int64)
-            values = np.load(output / "spike_probabilities.npy")  # in the order of the spike vector
-            if len(values) != len(samples):
-                raise ValueError(f"{output}: spike_probabilities.npy does not match the sorting's spikes")
-            unit_ids = list(sorting.unit_ids)
-            validation = json.loads((output / "validation.json").read_text())
-            (val_start, val_stop), tolerance = validation["frame_range"], validation["tolerance_samples"]
-            annotations = truth if annotation == "ground_truth" else read_sorter_folder(
-                output / "annotation_sorter", register_recording=False)
-            annotated_ids = {str(a): a for a in annotations.unit_ids}
-            in_val = (samples >= val_start) & (samples < val_stop)
-
-            val_reference = _trains(annotations, [annotated_ids.get(str(i)) for i in unit_ids], val_start, val_stop)
-            matched_val = _matched(samples[in_val], unit_index[in_val], values[in_val], val_reference, tolerance)
-            # the bound: each esort unit matched to its ground-truth unit on the scored half
-            to_truth = held_out_comparison(sorting, truth, start, stop).hungarian_match_21
-            truth_ids = [to_truth[i] if to_truth[i] not in (-1, "") else None for i in unit_ids]
-            held = samples >= start
-            matched_held = _matched(samples[held], unit_index[held], values[held],
-                                    _trains(truth, truth_ids, start, stop), tolerance)
-            resolved = [(0.0, "none", 0, np.ones(len(samples), dtype=bool))]  # the unresolved sorting first
-            for window_ms in windows_ms:
-                window = int(round(window_ms * fs / 1000.0))
-                gains = conflict_gains(samples[in_val], unit_index[in_val], values[in_val], matched_val,
-                                       len(unit_ids), window)
-                bound = conflict_gains(samples[held], unit_index[held], values[held], matched_held,
-                                       len(unit_ids), window)
-                rules = [("every pair of units", ~np.eye(len(unit_ids), dtype=bool)),
-                         ("pairs with validation gain >= 1", gains >= 1), ("pairs with validation gain >= 2", gains >= 2),
-                         ("bound: pairs with gain on the scored half", bound >= 1)]
-                for rule, linked in rules:
-                    keep = resolve_conflicts(torch.from_numpy(samples), torch.from_numpy(unit_index),
-                                             torch.from_numpy(values), torch.from_numpy(linked), window).numpy()
-                    resolved.append((window_ms, rule, int(linked.sum()) // 2, keep))
-            baseline = None
-            for window_ms, rule, linked_pairs, keep in resolved:
-                scores = summarise(held_out_performance(NumpySorting(spikes[keep], fs, sorting.unit_ids), truth, start))
-                baseline = scores["accuracy"] if baseline is None else baseline
-                rows.append(dict(recording=name, annotations=annotation, window_ms=window_ms, rule=rule,
-                                 linked_pairs=linked_pairs, removed=int((~keep & held).sum()),
-                                 delta=scores["accuracy"] - baseline, **scores))
-                print(rows[-1], flush=True)
-    return rows
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m spikeinterface_esort.studies``."""
     parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.studies", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=("drift", "noise", "reuse", "conflicts"))
+    parser.add_argument("study", choices=("drift", "noise", "reuse"))
     parser.add_argument("--folder", default="esort_studies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--options", nargs="*", choices=list(ESORT_DRIFT_OPTIONS),
                         help="drift study: the esort options to run (default all)")
-    parser.add_argument("--datasets", nargs="+", default=["64ch-30u-60s"], choices=list(ACCURACY_DATASETS),
-                        help="conflicts study: recordings")
-    parser.add_argument("--teacher", help="conflicts study: also esort trained on this sorter's annotations")
     return parser
 
 
@@ -292,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
         rows, first = drift_study(folder, args.seed, options=args.options), ["recording", "sorter"]
     elif args.study == "reuse":
         rows, first = reuse_study(folder, args.seed), ["recording", "model"]
-    elif args.study == "conflicts":
-        rows, first = conflicts_study(folder, args.datasets, args.teacher), CONFLICT_COLUMNS
     else:
         rows, first = noise_study(folder, args.seed), ["noise_uV", "sorter"]
     # rows of earlier runs (other options) are kept; a row run again replaces its earlier self
@@ -302,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = {tuple(row[k] for k in first) for row in rows}
     rows = [row for row in previous if tuple(row[k] for k in first) not in keys] + rows
     results_file.write_text(json.dumps(rows, indent=2))
-    scores = CONFLICT_SCORES if args.study == "conflicts" else SCORE_COLUMNS
-    print(_table(sorted(rows, key=lambda row: [row[k] for k in first]), first, scores))
+    print(_table(sorted(rows, key=lambda row: [row[k] for k in first]), first))
     return 0
 
 

@@ -10,7 +10,7 @@ from spikeinterface_esort.inference import detect_in_recording
 from spikeinterface_esort.model import ESortModel
 from spikeinterface_esort.network import ESortNetwork
 from spikeinterface_esort.postprocessing import (
-    local_maxima, neighbour_pairs, resolve_conflicts, smooth, smoothing_taps, triangular_kernel,
+    local_maxima, smooth, smoothing_taps, triangular_kernel,
 )
 
 
@@ -74,56 +74,6 @@ def test_local_maxima_threshold_and_plateau():
     torch.testing.assert_close(values, torch.tensor([0.9, 0.6]))
 
 
-def test_neighbour_pairs_are_every_pair_within_the_window():
-    rng = np.random.default_rng(0)
-    samples = np.sort(rng.integers(0, 400, size=120))
-    first, second = neighbour_pairs(torch.from_numpy(samples), 7)
-    expected = {(i, j) for i in range(len(samples)) for j in range(i + 1, len(samples)) if samples[j] - samples[i] <= 7}
-    assert set(zip(first.tolist(), second.tolist())) == expected
-    assert len(first) == len(expected)  # no pair twice
-    empty = neighbour_pairs(torch.zeros(0, dtype=torch.long), 7)
-    assert empty[0].numel() == 0 and empty[1].numel() == 0
-
-
-def test_conflicts_keep_the_most_probable_of_linked_neighbours():
-    # unit 0 and 1 are linked, unit 2 is linked to nobody
-    linked = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
-    samples = torch.tensor([100, 103, 101, 300, 330, 500, 502, 700, 700])
-    units = torch.tensor([0, 1, 2, 0, 1, 0, 0, 0, 1])
-    values = torch.tensor([0.9, 0.6, 0.2, 0.5, 0.9, 0.4, 0.8, 0.7, 0.7])
-    keep = resolve_conflicts(samples, units, values, linked, window=5)
-    # 103 (unit 1) loses to 100 (unit 0, more probable); 101 is unit 2, not linked: kept;
-    # 300 and 330 are too far apart; 500 and 502 are the same unit: not neighbours;
-    # a tie at 700 keeps the first given
-    assert keep.tolist() == [True, False, True, True, True, True, True, True, False]
-    # the result does not depend on the order the detections are given in
-    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(1))
-    tied_last = values.clone()
-    tied_last[8] = 0.69  # no tie, so any order gives the same answer
-    reference = resolve_conflicts(samples, units, tied_last, linked, 5)
-    assert torch.equal(resolve_conflicts(samples[order], units[order], tied_last[order], linked, 5), reference[order])
-    # one parallel round: a detection removed by a more probable neighbour still removes its own weaker one
-    chain = resolve_conflicts(torch.tensor([0, 4, 8]), torch.tensor([0, 1, 0]), torch.tensor([0.5, 0.7, 0.9]), linked, 5)
-    assert chain.tolist() == [False, False, True]
-
-
-def test_conflict_gains_count_false_detections_removed_against_true_ones_lost():
-    from spikeinterface_esort.studies import conflict_gains
-
-    samples = np.array([100, 102, 300, 303, 500, 501, 900, 960])
-    units = np.array([0, 1, 0, 1, 0, 2, 1, 2])
-    values = np.array([0.9, 0.5, 0.4, 0.8, 0.9, 0.6, 0.9, 0.9])
-    matched = np.array([True, False, True, True, True, True, True, False])
-    gains = conflict_gains(samples, units, values, matched, num_units=3, window=5)
-    # (0, 1): at 100 the less probable (unit 1) is a false detection (+1), at 300 a true one (unit 0, -1)
-    # (0, 2): at 500 the less probable (unit 2) is true (-1); 900 and 960 are too far apart
-    assert gains.tolist() == [[0.0, 0.0, -1.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]]
-    matched[3] = False  # only the less probable of a pair counts: the winner at 303 being false changes nothing
-    assert conflict_gains(samples, units, values, matched, 3, 5)[0, 1] == 0.0
-    matched[2] = False  # the loser at 300 false too: two false detections removed
-    assert conflict_gains(samples, units, values, matched, 3, 5)[0, 1] == 2.0
-
-
 def test_chunked_inference_equals_dense_evaluation():
     fs, channels, units = 10000.0, 6, 3
     rng = np.random.default_rng(0)
@@ -140,7 +90,7 @@ def test_chunked_inference_equals_dense_evaluation():
     before, after = model.margin_before(), model.margin_after()
     padded = np.zeros((len(traces) + before + after, channels), dtype="float32")
     padded[before : before + len(traces)] = traces
-    units_d, _, samples_d, values_d = model.detect(torch.from_numpy(padded))
+    units_d, _, samples_d, values_d = model.spikes(model.probabilities(torch.from_numpy(padded)))
     order = np.lexsort((units_d.numpy(), samples_d.numpy()))
     assert len(chunked.sample_index) > 100
     np.testing.assert_array_equal(chunked.sample_index, samples_d.numpy()[order] - before)
