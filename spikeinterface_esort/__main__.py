@@ -11,7 +11,7 @@ from pathlib import Path
 def demo(args: argparse.Namespace) -> int:
     """Generate a ground-truth recording, sort it with esort, print held-out scores."""
     import spikeinterface_esort  # noqa: F401  (registers "esort")
-    from spikeinterface_esort.datasets import generate_dataset, sort_and_score
+    from spikeinterface_esort.tools.datasets import generate_dataset, sort_and_score
 
     folder = Path(args.folder).absolute()
     print(

@@ -65,7 +65,7 @@ def resolve_dtype(parameter: str, requested: str, device: torch.device) -> str:
         where = "this GPU" if device.type == "cuda" else "this CPU (no AVX-512 BF16 or AMX)"
         raise ValueError(
             f"esort parameter '{parameter}'='bfloat16': {where} has no native bfloat16, and emulated it is "
-            "about 100x slower than float32 (python -m spikeinterface_esort.throughput --precision-check); "
+            "about 100x slower than float32 (python -m spikeinterface_esort.tools.throughput --precision-check); "
             "use 'auto' (bfloat16 where native, else float32) or 'float32'."
         )
     if requested == "float16" and device.type != "cuda":

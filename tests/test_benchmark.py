@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from spikeinterface.core import NumpySorting
 
-from spikeinterface_esort.benchmark import BenchmarkData, held_out_comparison, main, run_benchmark, user_data
+from spikeinterface_esort.tools.benchmark import BenchmarkData, held_out_comparison, main, run_benchmark, user_data
 
 
 def test_held_out_scoring_ignores_the_annotation_window(small_recording):
@@ -60,7 +60,7 @@ def test_benchmark_writes_held_out_scores_table_and_plots(benchmark_folder, smal
     report = (benchmark_folder / "results.md").read_text()
     assert "| esort (ground-truth annotations) | " in report and "| simple | " in report and "failed" in report
     assert ".0/" not in report  # counts print as integers beside a failed row
-    assert "held-out 4 s" in report and "Command: `python -m spikeinterface_esort.benchmark" in report
+    assert "held-out 4 s" in report and "Command: `python -m spikeinterface_esort.tools.benchmark" in report
     info = json.loads((benchmark_folder / "results.json").read_text())["info"]
     assert info["annotation_s"] == 8 and info["scored_against"] == "ground truth"
     for png in ("accuracy_vs_snr.png", "run_time.png", "accuracy_vs_time.png"):
@@ -72,7 +72,7 @@ def test_benchmark_writes_held_out_scores_table_and_plots(benchmark_folder, smal
     assert timecourse.loc["esort_ground_truth", "accuracy"] == pytest.approx(esort["accuracy"])
     assert (timecourse["start_s"] == 8.0).all() and (timecourse["end_s"] == 12.0).all()
     # the table and plots can be drawn again from results.json alone
-    from spikeinterface_esort.benchmark import redraw
+    from spikeinterface_esort.tools.benchmark import redraw
     (benchmark_folder / "results.md").unlink()
     redraw(benchmark_folder)
     assert (benchmark_folder / "results.md").read_text() == report
@@ -126,7 +126,7 @@ def test_bad_benchmark_input(small_recording, multi_segment_recording, tmp_path)
 
 @pytest.mark.parametrize("preset, channels", [("small", 32), ("drifting", 32)])
 def test_presets_are_saved_ground_truth_recordings(preset, channels, tmp_path):
-    from spikeinterface_esort.benchmark import preset_data
+    from spikeinterface_esort.tools.benchmark import preset_data
 
     data, description = preset_data(preset, tmp_path, duration_s=6.0)
     assert data.recording.get_num_channels() == channels and data.recording.get_total_duration() == 6.0

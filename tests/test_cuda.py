@@ -10,7 +10,7 @@ import torch
 
 import spikeinterface_esort  # noqa: F401  (registers "esort", as a user does)
 from spikeinterface_esort import ESortModel
-from spikeinterface_esort.datasets import held_out_performance
+from spikeinterface_esort.tools.datasets import held_out_performance
 from spikeinterface_esort.device import native_bfloat16
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU here")

@@ -1,6 +1,6 @@
 """The demo's and studies' generated datasets are reused only when generated with the same arguments."""
 
-from spikeinterface_esort.datasets import generate_dataset
+from spikeinterface_esort.tools.datasets import generate_dataset
 
 
 def test_dataset_is_reused_only_for_the_same_arguments(tmp_path):

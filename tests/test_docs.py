@@ -56,39 +56,40 @@ def test_readme_demo_command_runs(command, tmp_path):
 def test_benchmark_commands_in_the_docs_parse():
     """The benchmark commands of README.md and docs/benchmarks.md name existing presets, cases and options
     (running them takes minutes to an hour: tests/test_benchmark.py runs the same code on a small recording)."""
-    from spikeinterface_esort.benchmark import SORTERS, build_parser
+    from spikeinterface_esort.tools.benchmark import SORTERS, build_parser
 
     text = README + (ROOT / "docs" / "benchmarks.md").read_text()
     lines = "\n".join(fenced_blocks(text, "bash")).replace("\\\n", " ").splitlines()
-    commands = [line for line in lines if "spikeinterface_esort.benchmark" in line]
+    commands = [line for line in lines if "spikeinterface_esort.tools.benchmark" in line]
     assert len(commands) >= 3
     for command in commands:
-        args = build_parser().parse_args(command.split("spikeinterface_esort.benchmark", 1)[1].split())
+        args = build_parser().parse_args(command.split("spikeinterface_esort.tools.benchmark", 1)[1].split())
         assert all(case in SORTERS + ("esort_published",) for case in args.sorters)
 
 
 def test_speed_doc_commands_parse():
     """The throughput commands of docs/speed.md use existing options, datasets and dtypes."""
-    from spikeinterface_esort.throughput import build_parser
+    from spikeinterface_esort.tools.throughput import build_parser
 
     text = (ROOT / "docs" / "speed.md").read_text()
     lines = "\n".join(fenced_blocks(text, "bash")).replace("\\\n", " ").splitlines()
-    commands = [line for line in lines if "spikeinterface_esort.throughput" in line]
+    commands = [line for line in lines if "spikeinterface_esort.tools.throughput" in line]
     assert len(commands) >= 3
     for command in commands:
-        build_parser().parse_args(command.split("spikeinterface_esort.throughput", 1)[1].split())
+        build_parser().parse_args(command.split("spikeinterface_esort.tools.throughput", 1)[1].split())
 
 
 def test_study_commands_in_the_docs_parse():
-    """The studies commands of docs/*.md name existing studies, options and datasets."""
-    from spikeinterface_esort.studies import build_parser
+    """The studies commands of docs/*.md (in code blocks or inline) name existing studies and options."""
+    from spikeinterface_esort.tools.studies import build_parser
 
     text = "\n".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))
     lines = "\n".join(fenced_blocks(text, "bash")).replace("\\\n", " ").splitlines()
-    commands = [line for line in lines if "spikeinterface_esort.studies" in line]
+    lines += re.findall(r"`(python -m spikeinterface_esort\.tools\.studies [^`]*)`", text)
+    commands = [line for line in lines if "spikeinterface_esort.tools.studies" in line]
     assert len(commands) >= 3
     for command in commands:
-        build_parser().parse_args(command.split("spikeinterface_esort.studies", 1)[1].split())
+        build_parser().parse_args(command.split("spikeinterface_esort.tools.studies", 1)[1].split())
 
 
 def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
@@ -116,13 +117,13 @@ def test_long_recording_and_defaults_commands_in_the_docs_parse(module):
     parameters (running them takes hours: tests/test_long_preset.py runs the same code at a small size)."""
     import importlib
 
-    tool = importlib.import_module(f"spikeinterface_esort.{module}")
+    tool = importlib.import_module(f"spikeinterface_esort.tools.{module}")
     text = "\n".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))
     lines = "\n".join(fenced_blocks(text, "bash")).replace("\\\n", " ").splitlines()
-    commands = [line for line in lines if f"spikeinterface_esort.{module} " in line]
+    commands = [line for line in lines if f"spikeinterface_esort.tools.{module} " in line]
     assert commands
     for command in commands:
-        args = tool.build_parser().parse_args(command.split(f"spikeinterface_esort.{module}", 1)[1].split())
+        args = tool.build_parser().parse_args(command.split(f"spikeinterface_esort.tools.{module}", 1)[1].split())
         if module == "settings_study":
             for candidate in args.candidates:
                 tool.candidate_params(candidate)  # names a candidate or existing parameters

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spikeinterface_esort import ESortModel
-from spikeinterface_esort.datasets import held_out_performance
+from spikeinterface_esort.tools.datasets import held_out_performance
 from spikeinterface_esort.device import native_bfloat16, resolve_dtype
 from spikeinterface_esort.network import ESortNetwork, FoldedNetwork
 
@@ -218,7 +218,7 @@ def test_bfloat16_training_learns_like_float32(small_recording, small_esort_run,
 # the local spatial filter (spatial_radius_um) ---------------------------------------------------------------
 
 def test_local_spatial_filter_reads_only_channels_near_its_stretch_of_the_probe():
-    from spikeinterface_esort.datasets import make_probe
+    from spikeinterface_esort.tools.datasets import make_probe
     from spikeinterface_esort.network import spatial_neighbourhoods
 
     locations = make_probe("np1", 384).contact_positions  # channels column by column: not in depth order
@@ -239,7 +239,7 @@ def test_local_spatial_filter_reads_only_channels_near_its_stretch_of_the_probe(
 def test_folded_local_network_equals_the_network(stride):
     """The local filter's grouped products (channels re-ordered along the probe) give the masked network's
     logits, in the convolutional and the training (single-window) forms."""
-    from spikeinterface_esort.datasets import make_probe
+    from spikeinterface_esort.tools.datasets import make_probe
 
     torch.manual_seed(2)
     network = ESortNetwork(48, 30, 5, spatial_radius_um=30.0)

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spikeinterface_esort.benchmark import PRESETS, preset_data, time_bins
-from spikeinterface_esort.datasets import LONG_INT16_GAIN_UV, generate_long_dataset, neuropixels_1_probe
+from spikeinterface_esort.tools.benchmark import PRESETS, preset_data, time_bins
+from spikeinterface_esort.tools.datasets import LONG_INT16_GAIN_UV, generate_long_dataset, neuropixels_1_probe
 from spikeinterface_esort.training import WindowSampler
 
 
@@ -51,8 +51,8 @@ def test_spread_annotation_window_is_not_scored():
     """Spikes in the pieces of a spread annotation window count for no sorter; those between the pieces do."""
     from spikeinterface.core import NoiseGeneratorRecording, NumpySorting
 
-    from spikeinterface_esort.benchmark import BenchmarkData
-    from spikeinterface_esort.datasets import held_out_comparison
+    from spikeinterface_esort.tools.benchmark import BenchmarkData
+    from spikeinterface_esort.tools.datasets import held_out_comparison
 
     fs = 1000.0
     recording = NoiseGeneratorRecording(num_channels=2, sampling_frequency=fs, durations=[600.0])
@@ -100,7 +100,7 @@ def test_an_epoch_draws_a_fixed_number_of_spikes():
 
 def test_settings_study_candidates():
     from spikeinterface_esort import PUBLISHED_PARAMS
-    from spikeinterface_esort.settings_study import candidate_params
+    from spikeinterface_esort.tools.settings_study import candidate_params
 
     assert candidate_params("published") == PUBLISHED_PARAMS and candidate_params("defaults") == {}
     assert candidate_params("inference_stride=4,spatial_radius_um=null") == dict(inference_stride=4,
@@ -112,7 +112,7 @@ def test_settings_study_candidates():
 def test_cost_against_length(tmp_path):
     """Two lengths of a small preset, SpikeInterface's 'simple' sorter in fresh processes: a row per length with
     wall time and peak RSS, a straight-line fit, the table and the plot."""
-    from spikeinterface_esort import scaling
+    from spikeinterface_esort.tools import scaling
 
     folder = tmp_path / "scaling"
     assert scaling.main(["--preset", "small", "--lengths", "4", "8", "--sorters", "simple", "--folder", str(folder)]) == 0

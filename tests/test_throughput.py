@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from spikeinterface_esort import throughput
+from spikeinterface_esort.tools import throughput
 
 
 def test_throughput_table_has_a_row_per_path(tmp_path, capsys):

@@ -85,7 +85,7 @@ def test_local_spatial_product_gives_the_masked_products_and_their_gradients():
     """The local filter's grouped training product (channels re-ordered along the probe, one product per group)
     equals the masked dense product, forward and backward (gradcheck in float64), and so do the networks'
     training forms; masked weights get no gradient."""
-    from spikeinterface_esort.datasets import make_probe
+    from spikeinterface_esort.tools.datasets import make_probe
     from spikeinterface_esort.network import ESortNetwork, LocalSpatialProduct
 
     locations = make_probe("np1", 32).contact_positions  # channels column by column, not in depth order

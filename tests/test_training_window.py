@@ -9,7 +9,7 @@ from spikeinterface.core import NumpySorting
 
 import spikeinterface_esort  # noqa: F401  (registers "esort")
 from spikeinterface_esort.annotation import TrainingWindow, sorting_to_annotations, training_pieces_s, training_window
-from spikeinterface_esort.datasets import held_out_performance
+from spikeinterface_esort.tools.datasets import held_out_performance
 from spikeinterface_esort.parameters import default_params
 
 

@@ -20,7 +20,7 @@ def test_shipped_backbones_are_small_and_carry_their_card(name):
     assert name in spikeinterface_esort.available_backbones()
     assert (folder / f"{name}.pt").stat().st_size < 5e6
     card = json.loads((folder / f"{name}.json").read_text())
-    assert card["command"].startswith("python -m spikeinterface_esort.pretrain")
+    assert card["command"].startswith("python -m spikeinterface_esort.tools.pretrain")
     assert len(card["channel_locations"]) == card["num_channels"]
     assert card["validation"]["mean_accuracy"] > 0.7
     assert (folder / f"{name}.md").read_text().count(card["command"]) == 1
@@ -42,7 +42,7 @@ def test_same_layout_transfers_the_whole_backbone(ground_truth_recording):
 def test_auto_matches_a_neuropixels_recording_whatever_its_channel_order(caplog):
     """probeinterface's Neuropixels 1.0 probe lists its channels in electrode order, the shipped np1 backbone in
     another: 'auto' still picks it, and the whole backbone transfers, reordered to the recording's channels."""
-    from spikeinterface_esort.datasets import neuropixels_1_probe
+    from spikeinterface_esort.tools.datasets import neuropixels_1_probe
 
     probe = neuropixels_1_probe(384)
     locations = probe.contact_positions[np.argsort(probe.device_channel_indices)]
@@ -125,7 +125,7 @@ def test_few_shot_training_uses_only_the_first_k_spikes_of_each_unit(small_recor
 
 
 def test_pretrain_command_writes_a_backbone_the_sorter_can_load(tmp_path):
-    from spikeinterface_esort.pretrain import main
+    from spikeinterface_esort.tools.pretrain import main
 
     main(["--layout", "grid", "--channels", "8", "--seeds", "1", "2", "--units", "3", "--duration", "6",
           "--epochs", "2", "--out", str(tmp_path / "out"), "--work-folder", str(tmp_path / "work")])
@@ -140,7 +140,7 @@ def test_pretrain_command_writes_a_backbone_the_sorter_can_load(tmp_path):
 def test_annotation_reduction_reads_the_curves():
     import pandas as pd
 
-    from spikeinterface_esort.fewshot import annotation_reduction, summary_table
+    from spikeinterface_esort.tools.fewshot import annotation_reduction, summary_table
 
     rows = [dict(k=str(k), init=init, seed=s, accuracy=acc)
             for k, (scratch, pretrained) in {5: (0.5, 0.7), 10: (0.6, 0.8), 20: (0.9, 0.95)}.items()

@@ -1,10 +1,10 @@
 """Cost against length: wall time per step and peak memory of sorters on the first minutes of a recording.
 
-    python -m spikeinterface_esort.scaling --preset long --lengths 120 300 600 --sorters esort spykingcircus2 \
+    python -m spikeinterface_esort.tools.scaling --preset long --lengths 120 300 600 --sorters esort spykingcircus2 \
         --folder esort_scaling
 
 For each length L (s) the first L seconds of the preset's saved recording (a lazy slice, nothing copied) are
-sorted by each sorter through the benchmark (``python -m spikeinterface_esort.benchmark``), one fresh Python
+sorted by each sorter through the benchmark (``python -m spikeinterface_esort.tools.benchmark``), one fresh Python
 process per sorter and length, so that each peak RSS (the process and its workers, sampled every 0.2 s) is that
 run's alone. Every run is scored after the annotation window that esort's defaults take on L seconds. Written to
 ``folder``: ``scaling.csv`` (one row per length and sorter: wall time, esort's steps, peak RSS, held-out accuracy),
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .annotation import default_train_duration_s, default_train_pieces
+from ..annotation import default_train_duration_s, default_train_pieces
 from .benchmark import PRESETS, preset_data
 
 
@@ -48,7 +48,7 @@ def run_benchmark_process(recording_file: Path, truth_folder: Path, annotation_s
                           sorters: list[str], n_jobs: int) -> pd.DataFrame:
     """The benchmark's command in a fresh process (sorters already run in ``folder`` are only scored again): its
     results table, one row per sorter."""
-    command = [sys.executable, "-m", "spikeinterface_esort.benchmark", "--recording", str(recording_file),
+    command = [sys.executable, "-m", "spikeinterface_esort.tools.benchmark", "--recording", str(recording_file),
                "--ground-truth", str(truth_folder), "--annotation-s", f"{annotation_s:g}",
                "--annotation-pieces", str(pieces), "--folder", str(folder),
                "--sorters", *sorters, "--n-jobs", str(n_jobs)]
@@ -111,7 +111,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.scaling", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.scaling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="long", choices=sorted(PRESETS))
     parser.add_argument("--lengths", nargs="+", type=float, default=[120.0, 300.0, 600.0], help="seconds")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.DataFrame(rows)
     fits = fit_lines(table)
     table.to_csv(folder / "scaling.csv", index=False)
-    command = " ".join(["python -m spikeinterface_esort.scaling"] + (sys.argv[1:] if argv is None else list(argv)))
+    command = " ".join(["python -m spikeinterface_esort.tools.scaling"] + (sys.argv[1:] if argv is None else list(argv)))
     (folder / "scaling.md").write_text(f"Command: `{command}`\n\n" + markdown(table, fits))
     plot(table, folder / "scaling.png")
     print(markdown(table, fits))

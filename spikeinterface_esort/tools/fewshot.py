@@ -7,7 +7,7 @@ and from the backbone, for several training seeds, through ``run_sorter``; each 
 second half with ``compare_sorter_to_ground_truth``. Thresholds are 0.5 in every arm (few-shot training
 uses no held-out annotations).
 
-    python -m spikeinterface_esort.fewshot --folder esort_fewshot --out docs
+    python -m spikeinterface_esort.tools.fewshot --folder esort_fewshot --out docs
 
 writes ``<out>/fewshot.csv``, ``fewshot.md`` (the table) and ``fewshot.png`` (the plot).
 """
@@ -109,7 +109,7 @@ def plot(results: pd.DataFrame, ks: list, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.fewshot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.fewshot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default="esort_fewshot")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--backbone", default="grid-32ch-30khz")
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--from-csv", action="store_true", help="rebuild the table and plot from <out>/fewshot.csv")
     args = parser.parse_args(argv)
-    command = "python -m spikeinterface_esort.fewshot " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m spikeinterface_esort.tools.fewshot " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     ks = [k if k == "all" else int(k) for k in args.k]
     out = Path(args.out)
     if args.from_csv:

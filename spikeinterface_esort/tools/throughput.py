@@ -1,6 +1,6 @@
 """Throughput benchmark: how fast esort's inference and post-processing run, per stride and precision.
 
-    python -m spikeinterface_esort.throughput --channels 64 384 --strides 1 2 4 --dtypes float32 auto --duration 20
+    python -m spikeinterface_esort.tools.throughput --channels 64 384 --strides 1 2 4 --dtypes float32 auto --duration 20
 
 For each channel count and path (``inference_stride``, ``inference_dtype``, ``spatial_radius_um`` with
 ``--spatial-radii``), in a fresh process (so that
@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from .parameters import INFERENCE_DTYPES, PARAMETERS_BY_NAME
+from ..parameters import INFERENCE_DTYPES, PARAMETERS_BY_NAME
 
 
 def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
@@ -58,13 +58,13 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
     import torch
 
     from .datasets import generate_dataset
-    from .device import resolve_device
-    from .inference import detect_in_recording, filters_on_device
-    from .model import ESortModel
-    from .network import ESortNetwork, network_window_samples
-    from .parameters import default_params
-    from .postprocessing import smoothing_taps
-    from .preprocessing import preprocess
+    from ..device import resolve_device
+    from ..inference import detect_in_recording, filters_on_device
+    from ..model import ESortModel
+    from ..network import ESortNetwork, network_window_samples
+    from ..parameters import default_params
+    from ..postprocessing import smoothing_taps
+    from ..preprocessing import preprocess
 
     torch.set_num_threads(threads)
     if lazy:
@@ -166,7 +166,7 @@ def timing_error(reference, other, max_samples: int = 12) -> dict:
     spike of the same unit within ``max_samples``: fraction equal, median, mean and 95th percentile (samples)."""
     import numpy as np
 
-    from .validation import nearest_index
+    from ..validation import nearest_index
 
     errors = []
     for unit_id in reference.unit_ids:
@@ -188,7 +188,7 @@ def timing_error(reference, other, max_samples: int = 12) -> dict:
 def _child(folder: Path, args, channels: int, stride: int, dtype: str, duration: float, lazy: bool = False,
            filter_method: str | None = None, radius: float | None = None) -> dict:
     """``measure`` in a fresh process (so that its peak memory is its own)."""
-    command = [sys.executable, "-m", "spikeinterface_esort.throughput", "--one", str(channels), str(stride), dtype,
+    command = [sys.executable, "-m", "spikeinterface_esort.tools.throughput", "--one", str(channels), str(stride), dtype,
                "--spatial-radii", "none" if radius is None else f"{radius:g}",
                "--duration", str(duration), "--device", args.device, "--threads", str(args.threads),
                "--folder", str(folder), "--filter-methods", filter_method or args.filter_methods[0]]
@@ -230,7 +230,7 @@ def precision_check(channels: int, threads: int, windows: int = 256, repeats: in
     ``_int_mm``."""
     import torch
 
-    from .device import native_bfloat16
+    from ..device import native_bfloat16
 
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(0)
@@ -298,8 +298,8 @@ def _radius_text(radius: float | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m spikeinterface_esort.throughput``."""
-    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.throughput", description=__doc__,
+    """The command line of ``python -m spikeinterface_esort.tools.throughput``."""
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 384])
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 2, 4])
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from .device import resolve_dtype
+    from ..device import resolve_dtype
 
     args = build_parser().parse_args(argv)
     folder = Path(args.folder).absolute()

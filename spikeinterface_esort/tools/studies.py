@@ -1,6 +1,6 @@
 """Studies on generated ground truth: drift, noise and model reuse.
 
-``python -m spikeinterface_esort.studies drift --folder F`` sorts static, zigzag and bumps
+``python -m spikeinterface_esort.tools.studies drift --folder F`` sorts static, zigzag and bumps
 recordings from ``generate_drifting_recording`` (same neurons) with esort: no drift handling,
 motion correction, drift augmentation (``ESORT_DRIFT_OPTIONS``); ``... noise --folder F`` sorts recordings of growing noise with esort and
 spykingcircus2; ``... reuse --folder F`` applies a saved model to a second session of the same neurons
@@ -117,7 +117,7 @@ def reuse_study(folder: Path, seed: int = 0, duration_s: float = 40.0, k: int = 
     import time
 
     from .datasets import held_out_performance, summarise
-    from .model import ESortModel
+    from ..model import ESortModel
 
     (rec1, gt1, sub1), (rec2, gt2, sub2) = _sessions(folder, seed, duration_s)
     half_s, start = duration_s / 2, rec2.get_num_samples() // 2
@@ -145,8 +145,8 @@ def reuse_study(folder: Path, seed: int = 0, duration_s: float = 40.0, k: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m spikeinterface_esort.studies``."""
-    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.studies", description=__doc__,
+    """The command line of ``python -m spikeinterface_esort.tools.studies``."""
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.studies", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", choices=("drift", "noise", "reuse"))
     parser.add_argument("--folder", default="esort_studies")

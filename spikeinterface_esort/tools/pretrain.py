@@ -8,7 +8,7 @@ The last ``validation_fraction`` of each recording is held out: its loss stops t
 early, and the card reports each recording's held-out accuracy (threshold 0.5, no
 threshold chosen on scored data) with SpikeInterface's ``compare_sorter_to_ground_truth``.
 
-    python -m spikeinterface_esort.pretrain --layout grid --channels 32 --out pretrained
+    python -m spikeinterface_esort.tools.pretrain --layout grid --channels 32 --out pretrained
 
 writes ``<out>/<name>.pt`` (float16 backbone state dict), ``<name>.json`` (model card read by
 ``transfer``) and ``<name>.md`` (the card for people).
@@ -32,15 +32,15 @@ import numpy as np
 import torch
 
 from .datasets import LAYOUTS, generate_dataset, held_out_performance, summarise
-from .device import resolve_device, torch_threads
-from .inference import detect_in_recording
-from .model import ESortModel
-from .network import ESortNetwork, network_window_samples
-from .parameters import default_params
-from .pipeline import make_sorting
-from .postprocessing import smoothing_taps
-from .preprocessing import estimate_noise_levels, preprocess
-from .training import (
+from ..device import resolve_device, torch_threads
+from ..inference import detect_in_recording
+from ..model import ESortModel
+from ..network import ESortNetwork, network_window_samples
+from ..parameters import default_params
+from ..pipeline import make_sorting
+from ..postprocessing import smoothing_taps
+from ..preprocessing import estimate_noise_levels, preprocess
+from ..training import (
     DriftAugmentation,
     WindowSampler,
     _batches,
@@ -49,7 +49,7 @@ from .training import (
     gather_windows,
     load_traces,
 )
-from .transfer import backbone_state
+from ..transfer import backbone_state
 
 logger = logging.getLogger("spikeinterface_esort")
 
@@ -254,7 +254,7 @@ Mean held-out accuracy: {val['mean_accuracy']:.3f}.
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.pretrain", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--layout", choices=LAYOUTS, default="grid")
     parser.add_argument("--channels", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104])
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-folder", default="esort_pretrain", help="where the generated recordings are saved")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    command = "python -m spikeinterface_esort.pretrain " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m spikeinterface_esort.tools.pretrain " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     with torch_threads(os.cpu_count() or 1):
         card = pretrain(args.layout, args.channels, args.out, args.work_folder, args.seeds, args.noise, args.units,
                         args.duration, args.epochs, args.name, command)

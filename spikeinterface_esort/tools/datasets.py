@@ -163,7 +163,6 @@ def generate_long_dataset(
     linear from 0 to ``-drift_um`` um over the whole recording (SpikeInterface's 'zigzag' motion with a period
     of 4 durations, which is a linear ramp over its first quarter). Reloaded if already there with the same
     arguments."""
-    import numpy as np
     from spikeinterface.generation import generate_drifting_recording
     from spikeinterface.preprocessing import astype, scale
 

@@ -1,6 +1,6 @@
 """Defaults chosen by measurement: esort's held-out accuracy and wall time for candidate settings, per preset.
 
-    python -m spikeinterface_esort.settings_study --folder esort_settings --presets small np1 drifting long \
+    python -m spikeinterface_esort.tools.settings_study --folder esort_settings --presets small np1 drifting long \
         --candidates published defaults "inference_stride=4" --long-duration 180
 
 For each benchmark preset (``benchmark.PRESETS``: the same saved recordings) and each candidate (a name in
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .parameters import PUBLISHED_PARAMS, default_params
+from ..parameters import PUBLISHED_PARAMS, default_params
 
 CANDIDATES = {
     "published": PUBLISHED_PARAMS,
@@ -151,7 +151,7 @@ def train_pieces_study(folder: Path, counts: list[int], long_duration_s: float |
     (``train_pieces``), trained on the ground truth (``teacher``: on its default teacher), all scored on the same
     held-out part: after the window's length, without any count's pieces; also per ``bin_s`` bin, with the last
     bin minus the first (``decay``: what drift costs)."""
-    from .annotation import training_pieces_s
+    from ..annotation import training_pieces_s
     from .benchmark import accuracy_per_bin
     from .datasets import held_out_comparison
 
@@ -194,7 +194,7 @@ def teacher_pieces_study(folder: Path, counts: list[int], long_duration_s: float
     from spikeinterface.core import NumpySorting
     from spikeinterface.sorters import read_sorter_folder, run_sorter
 
-    from .annotation import TrainingWindow, training_window
+    from ..annotation import TrainingWindow, training_window
 
     n_jobs = n_jobs or os.cpu_count() or 1
     data, _ = preset_recording("long", folder, long_duration_s)
@@ -270,7 +270,7 @@ def markdown(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from .benchmark import PRESETS
 
-    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.settings_study", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.settings_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", default="esort_settings")
     parser.add_argument("--presets", nargs="+", default=["small", "np1", "drifting", "long"], choices=sorted(PRESETS))
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher_rows = teacher_pieces_study(folder, args.teacher_pieces, args.long_duration, args.n_jobs) \
         if args.teacher_pieces else []
     pd.DataFrame(rows).to_csv(folder / "settings.csv", index=False)
-    command = " ".join(["python -m spikeinterface_esort.settings_study"] + (sys.argv[1:] if argv is None else list(argv)))
+    command = " ".join(["python -m spikeinterface_esort.tools.settings_study"] + (sys.argv[1:] if argv is None else list(argv)))
     text = (markdown(rows) if rows else "") + (("\n" if rows else "") + teacher_markdown(teacher_rows) if teacher_rows else "")
     if teacher_rows:
         pd.DataFrame(teacher_rows).to_csv(folder / "teacher_pieces.csv", index=False)

@@ -1,10 +1,10 @@
 """Benchmark: esort against Kilosort4, SpikeInterface's sorters and ground truth, in one command.
 
-    python -m spikeinterface_esort.benchmark --preset small --folder esort_benchmark
-    python -m spikeinterface_esort.benchmark --preset np1 --folder esort_benchmark
-    python -m spikeinterface_esort.benchmark --recording sim.h5 --folder F                # MEArec file: its ground truth
-    python -m spikeinterface_esort.benchmark --recording REC --ground-truth GT --folder F  # saved SpikeInterface folders
-    python -m spikeinterface_esort.benchmark --recording REC --reference kilosort4 --folder F  # no ground truth
+    python -m spikeinterface_esort.tools.benchmark --preset small --folder esort_benchmark
+    python -m spikeinterface_esort.tools.benchmark --preset np1 --folder esort_benchmark
+    python -m spikeinterface_esort.tools.benchmark --recording sim.h5 --folder F                # MEArec file: its ground truth
+    python -m spikeinterface_esort.tools.benchmark --recording REC --ground-truth GT --folder F  # saved SpikeInterface folders
+    python -m spikeinterface_esort.tools.benchmark --recording REC --reference kilosort4 --folder F  # no ground truth
 
 Each recording is split in two: an annotation window (the first ``annotation_s`` seconds of segment 0, or
 that many seconds in ``annotation_pieces`` pieces spread over it as esort spreads its training window on a
@@ -58,8 +58,8 @@ from spikeinterface.core import BaseRecording, BaseSorting, create_sorting_analy
 
 import spikeinterface_esort  # noqa: F401  (registers "esort")
 
-from .annotation import default_train_duration_s, default_train_pieces, training_pieces_s
-from .parameters import PUBLISHED_PARAMS, default_params
+from ..annotation import default_train_duration_s, default_train_pieces, training_pieces_s
+from ..parameters import PUBLISHED_PARAMS, default_params
 from .datasets import generate_dataset, generate_drifting_dataset, generate_long_dataset, held_out_comparison
 
 WELL_DETECTED_ACCURACY = 0.8  # SpikeInterface's default well_detected_score
@@ -787,7 +787,7 @@ def user_data(recording_path: str | Path, folder: Path, ground_truth_path: str |
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.benchmark", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=sorted(PRESETS),
@@ -825,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
         data, description = user_data(args.recording, folder, args.ground_truth, args.reference, args.annotation_s,
                                       n_jobs=n_jobs, annotation_pieces=args.annotation_pieces or 1)
     sorters = [s for s in args.sorters if not (data.agreement and s in ("esort_ground_truth", "esort_published"))]
-    command = " ".join(["python -m spikeinterface_esort.benchmark"] + (sys.argv[1:] if argv is None else list(argv)))
+    command = " ".join(["python -m spikeinterface_esort.tools.benchmark"] + (sys.argv[1:] if argv is None else list(argv)))
     rerun = False if args.rerun is None else (args.rerun or True)
     table = run_benchmark(data, folder, sorters, args.teacher, n_jobs, rerun, description, command, args.bin_s)
     print()
