@@ -18,7 +18,7 @@ register()
 _LAZY = {
     "ESortModel": ".model",
     "OnlineSorter": ".online",
-    "UNIT_PROPERTIES": ".pipeline",
+    "UNIT_PROPERTIES": ".output",
     "available_backbones": ".transfer",
 }
 

@@ -44,7 +44,7 @@ def demo(args: argparse.Namespace) -> int:
             f"{label:40s} {s['accuracy']:9.3f} {s['precision']:9.3f} {s['recall']:9.3f} "
             f"{s['well_detected']:>3d}/{s['num_units']:<4d} {s['time_s']:9.1f}"
         )
-    from spikeinterface_esort.pipeline import run_summary
+    from spikeinterface_esort.jobs import run_summary
 
     timings = json.loads((folder / "esort" / "sorter_output" / "timings.json").read_text())
     print("\n" + run_summary(timings, recording.get_total_duration()))  # internal figures: timings.json, esort.log

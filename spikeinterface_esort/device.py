@@ -72,3 +72,9 @@ def resolve_dtype(parameter: str, requested: str, device: torch.device) -> str:
         raise ValueError(f"esort parameter '{parameter}'='float16' needs a CUDA device (torch_device); "
                          "on a CPU use 'auto' or 'float32'.")
     return requested
+
+
+def resolve_precision(params: dict, device: torch.device) -> dict:
+    """``params`` with ``training_dtype`` and ``inference_dtype`` as used on ``device`` ('auto' resolved; see
+    ``device.resolve_dtype``, which refuses emulated bfloat16 and float16 off a GPU)."""
+    return dict(params, **{name: resolve_dtype(name, params[name], device) for name in ("training_dtype", "inference_dtype")})

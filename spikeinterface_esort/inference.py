@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from spikeinterface.core import BaseRecording
 from tqdm.auto import tqdm
 
-from .model import ESortModel
-from .preprocessing import preprocessing_threads
+from .preprocessing import preprocessing_threads, read_block
+
+if TYPE_CHECKING:
+    from .model import ESortModel
 
 
 @dataclass
@@ -30,34 +33,6 @@ class DetectedSpikes:
     unit_index: np.ndarray
     probability: np.ndarray
     timings: dict = field(default_factory=dict)
-
-
-def read_block(recording: BaseRecording, start: int, stop: int, segment_index: int,
-               device: torch.device | None = None) -> np.ndarray | torch.Tensor:
-    """Traces (samples, channels) of frames [start, stop), zero outside the segment; refuses NaN and inf.
-    With ``device``, a float32 tensor filtered there (``recording`` must have ``get_traces_on_device``)."""
-    num_samples = recording.get_num_samples(segment_index)
-    lo, hi = max(start, 0), min(stop, num_samples)
-    if device is None:
-        traces = recording.get_traces(segment_index=segment_index, start_frame=lo, end_frame=hi, return_in_uV=False)
-        finite = np.isfinite(traces).all(axis=0) if traces.dtype.kind == "f" else None
-    else:
-        traces = recording.get_traces_on_device(segment_index, lo, hi, device)
-        finite = torch.isfinite(traces).all(dim=0).cpu().numpy()
-    if finite is not None and not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise ValueError(
-            f"The recording has NaN or infinite samples in segment {segment_index}, frames {lo}-{hi}, channels "
-            f"{recording.channel_ids[bad][:10].tolist()}: remove those channels or interpolate them "
-            "(spikeinterface.preprocessing.interpolate_bad_channels) before sorting."
-        )
-    if lo == start and hi == stop:
-        return traces
-    if device is not None:
-        return torch.nn.functional.pad(traces, (0, 0, lo - start, stop - hi))
-    block = np.zeros((stop - start, recording.get_num_channels()), dtype=traces.dtype)
-    block[lo - start : lo - start + traces.shape[0]] = traces
-    return block
 
 
 def filters_on_device(recording: BaseRecording, device: torch.device) -> bool:

@@ -5,31 +5,48 @@ rate, channel ids and locations, per-channel noise levels used to normalise trac
 the unit ids of its head, and the per-unit detection thresholds chosen on annotated
 data. It saves as ``weights.pt`` (a ``state_dict``, loaded with ``weights_only=True``)
 plus ``model.json`` (no pickled code).
+
+Below the class, the steps that make and apply a model, one call each: ``fit_model`` (train the
+network, choose thresholds), ``sort_with_model`` (``ESortModel.sort``) and ``fine_tune_model``
+(``ESortModel.fine_tune``). ``pipeline.run_esort`` calls ``fit_model``; nothing here imports the
+pipeline.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+from spikeinterface.core import BaseRecording, NumpySorting
 
-from .device import resolve_dtype
-from .network import ESortNetwork, FoldedNetwork
-from .postprocessing import detect_spikes, detection_margin, strided_taps, triangular_kernel
+from .annotation import (
+    Annotations,
+    TrainingWindow,
+    check_sorting_matches,
+    checked_annotations,
+    load_annotation_sorting,
+    sorting_to_annotations,
+    training_window,
+)
+from .device import resolve_device, resolve_dtype, resolve_precision, torch_threads
+from .inference import detect_in_recording
+from .jobs import StepTimer, chunk_size_from_job_kwargs, optional_file_log, resolve_job_kwargs
+from .network import ESortNetwork, FoldedNetwork, network_window_samples
+from .output import check_spike_counts, make_sorting, mean_probabilities, save_sorting
+from .parameters import PARAMETERS_BY_NAME, default_params, validate_params
+from .postprocessing import detect_spikes, detection_margin, smoothing_taps, strided_taps, triangular_kernel
+from .preprocessing import correct_motion, preprocess
+from .training import TrainingSplit, fit_network, load_traces, split_window
+from .transfer import Backbone, find_model_folder, model_backbone, resolve_backbone, same_layout
+from .validation import choose_thresholds
+
+logger = logging.getLogger("spikeinterface_esort")
 
 MODEL_FORMAT_VERSION = 2  # 2: the network may have a local spatial filter (spatial_radius_um); 1 otherwise
-
-
-def find_model_folder(folder: str | Path) -> Path:
-    """The model folder (holding ``model.json``) of a model folder, a ``sorter_output`` folder or a
-    ``run_sorter`` folder of esort; ``folder`` itself when none holds one."""
-    folder = Path(folder)
-    for candidate in (folder, folder / "model", folder / "sorter_output" / "model"):
-        if (candidate / "model.json").is_file():
-            return candidate
-    return folder
 
 
 class ESortModel:
@@ -196,8 +213,6 @@ class ESortModel:
     def check_recording(self, recording) -> None:
         """Raise ``ValueError`` when ``recording`` does not fit the model: other sampling rate, channel
         count or channel layout (contact positions, up to a translation of the whole probe)."""
-        from .transfer import same_layout
-
         fs = recording.get_sampling_frequency()
         if abs(fs - self.sampling_frequency) > 1e-6 * self.sampling_frequency:
             raise ValueError(
@@ -224,8 +239,6 @@ class ESortModel:
         ``NumpySorting`` with the esort unit properties; with ``folder``, also saves it and the spike
         probabilities there. ``stride`` and ``inference_dtype`` default to the ``inference_stride`` and
         ``inference_dtype`` the model was trained with."""
-        from .pipeline import sort_with_model
-
         return sort_with_model(self, recording, folder=folder, job_kwargs=job_kwargs, stride=stride, verbose=verbose,
                                inference_dtype=inference_dtype)
 
@@ -236,6 +249,159 @@ class ESortModel:
         sized to the annotations' units. ``params`` override the sorter parameters this model was trained with
         (e.g. ``train_duration_s``, ``annotated_spikes_per_unit``, ``epochs``, ``learning_rate``, ``freeze_layers``,
         ``seed``). This model is left unchanged; thresholds are chosen as in ``run_sorter``."""
-        from .pipeline import fine_tune_model
-
         return fine_tune_model(self, recording, annotations, folder=folder, verbose=verbose, **params)
+
+
+# training, sorting and fine-tuning: what ESortModel.sort and .fine_tune run, and run_esort trains with ---------
+
+MODEL_PARAMS_EXCLUDED = ("job_kwargs", "annotation_sorting_path", "annotation_sorter_params")
+
+
+def fit_model(
+    preprocessed: BaseRecording,
+    annotations: Annotations,
+    window: TrainingWindow,
+    noise_levels: np.ndarray,
+    params: dict,
+    device,
+    chunk_size: int,
+    progress_bar: bool,
+    timer: "StepTimer | None" = None,
+    backbone: Backbone | None = None,
+) -> tuple[ESortModel, TrainingSplit]:
+    """Train a network on the annotated training window of a preprocessed recording (from
+    ``backbone``, else from ``pretrained_weights`` when given) and choose its thresholds on the held-out part:
+    the model and the split (in the window's training-recording frames, like ``annotations``)."""
+    timer = timer or StepTimer()
+    requested, params = params, resolve_precision(params, device)
+    for name in ("training_dtype", "inference_dtype"):
+        if params[name] != requested[name]:
+            logger.info("%s: %s -> %s on %s", name, requested[name], params[name], device)
+    fs = preprocessed.get_sampling_frequency()
+    locations = preprocessed.get_channel_locations()
+    split = split_window(window)
+    training_recording = window.training_recording(preprocessed)
+    with timer("training"):
+        if backbone is None:
+            backbone = resolve_backbone(params["pretrained_weights"], locations, fs)
+        traces = load_traces(
+            training_recording, 0, window.num_samples, noise_levels, chunk_size=chunk_size, progress_bar=progress_bar,
+            n_jobs=torch.get_num_threads(),  # the job's n_jobs (see torch_threads)
+        )
+        jitter = int(round(params["jitter_ms"] * fs / 1000.0))
+        network, history = fit_network(
+            traces, annotations, split, network_window_samples(params["window_ms"], fs), jitter, params, device,
+            progress_bar, channel_locations=locations, backbone=backbone, sampling_frequency=fs,
+        )
+        del traces
+        model = ESortModel(
+            network, fs, preprocessed.channel_ids, locations, noise_levels, annotations.unit_ids,
+            smoothing_taps(params["smoothing_ms"], fs),
+            preprocessing={
+                k: params[k]
+                for k in ("apply_preprocessing", "freq_min", "freq_max", "common_reference", "filter_method", "motion_correction")
+            },
+            params={k: v for k, v in params.items() if k not in MODEL_PARAMS_EXCLUDED},
+        )
+    with timer("validation"):
+        if params["annotated_spikes_per_unit"] is not None:
+            logger.info("validation: few-shot training holds no annotation out; thresholds are not chosen on data")
+        validation = choose_thresholds(
+            model, training_recording, annotations, (split.split, split.stop), params, chunk_size, progress_bar
+        )
+        parts = [[int(a), int(b)] for a, b in window.validation_parts()]  # frames of segment 0, not of the window
+        validation["frame_ranges"] = parts
+        validation["frame_range"] = parts[0] if len(parts) == 1 else None
+        validation["training_history"] = history
+        model.validation = validation
+    return model, split
+
+
+def _preprocess_like_model(model: ESortModel, recording: BaseRecording, folder: Path | None, job_kwargs: dict,
+                           progress_bar: bool) -> BaseRecording:
+    """The preprocessing the model was trained with, applied to another recording of the same probe."""
+    preprocessed = preprocess(recording, model.preprocessing)
+    if model.preprocessing.get("motion_correction") is not None:
+        import tempfile
+
+        motion_folder = Path(folder) / "motion" if folder is not None else Path(tempfile.mkdtemp(prefix="esort_motion_"))
+        preprocessed = correct_motion(
+            preprocessed, model.preprocessing["motion_correction"], motion_folder, dict(job_kwargs, progress_bar=progress_bar)
+        )
+    return preprocessed
+
+
+def sort_with_model(
+    model: ESortModel,
+    recording: BaseRecording,
+    folder: str | Path | None = None,
+    job_kwargs: dict | None = None,
+    stride: int | None = None,
+    verbose: bool = False,
+    inference_dtype: str | None = None,
+) -> NumpySorting:
+    """Sort ``recording`` with a trained model (see ``ESortModel.sort``)."""
+    model.check_recording(recording)
+    if inference_dtype is not None:  # a copy of the model's parameters: the model itself is left as it was
+        PARAMETERS_BY_NAME["inference_dtype"].check(inference_dtype)
+        inference_dtype = resolve_dtype("inference_dtype", inference_dtype, model.device)
+        model = copy.copy(model)
+        model.params = dict(model.params, inference_dtype=inference_dtype)  # the folded network follows it
+    folder = None if folder is None else Path(folder)
+    job_kwargs = resolve_job_kwargs(job_kwargs or {})
+    progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose
+    stride = int(stride or model.params.get("inference_stride", 1))
+    with optional_file_log(folder), torch_threads(job_kwargs["n_jobs"]):
+        logger.info("sort with a saved model: %d units, %d channels, stride %d", len(model.unit_ids),
+                    recording.get_num_channels(), stride)
+        preprocessed = _preprocess_like_model(model, recording, folder, job_kwargs, progress_bar)
+        chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
+        detected = detect_in_recording(model, preprocessed, chunk_size, progress_bar, stride=stride)
+        sorting = make_sorting(detected, model.unit_ids, model.sampling_frequency, recording.get_num_segments())
+        sorting.set_property("esort_mean_probability", mean_probabilities(detected, len(model.unit_ids)))
+        sorting.set_property("esort_threshold", model.thresholds.astype("float32"))
+        logger.info("sorting: %d spikes of %d units", len(detected.sample_index), len(model.unit_ids))
+        check_spike_counts(detected, model.unit_ids, model.thresholds, all_silent_is_error=False)
+        if folder is not None:
+            np.save(folder / "spike_probabilities.npy", detected.probability)
+            save_sorting(sorting, folder / "sorting")
+    return sorting
+
+
+def fine_tune_model(
+    model: ESortModel,
+    recording: BaseRecording,
+    annotations,
+    folder: str | Path | None = None,
+    verbose: bool = False,
+    **overrides,
+) -> ESortModel:
+    """Train a new model on ``annotations`` of ``recording`` from ``model``'s backbone (see ``ESortModel.fine_tune``)."""
+    from spikeinterface.core import BaseSorting
+
+    params = default_params()
+    params.update({k: v for k, v in model.params.items() if k in PARAMETERS_BY_NAME})
+    params.update(overrides)
+    validate_params(params)
+    model.check_recording(recording)
+    sorting = annotations if isinstance(annotations, BaseSorting) else load_annotation_sorting(annotations)
+    source = "the fine-tuning annotations" if isinstance(annotations, BaseSorting) else f"sorting folder {annotations}"
+    check_sorting_matches(sorting, recording, source)
+    window = training_window(recording, params)
+    folder = None if folder is None else Path(folder)
+    job_kwargs = resolve_job_kwargs(params["job_kwargs"])
+    progress_bar = bool(job_kwargs.get("progress_bar", True)) and verbose
+    with optional_file_log(folder), torch_threads(job_kwargs["n_jobs"]):
+        found = checked_annotations(sorting_to_annotations(sorting, window, source), window, params)
+        preprocessed = _preprocess_like_model(model, recording, folder, job_kwargs, progress_bar)
+        chunk_size = chunk_size_from_job_kwargs(preprocessed, job_kwargs)
+        backbone = model_backbone(model)
+        params["window_ms"] = model.window_samples * 1000.0 / model.sampling_frequency
+        tuned, _ = fit_model(
+            preprocessed, found, window, model.noise_levels, params, resolve_device(params["torch_device"]),
+            chunk_size, progress_bar, backbone=backbone,
+        )
+        tuned.preprocessing = dict(model.preprocessing)
+        if folder is not None:
+            tuned.save(folder / "model")
+    return tuned

@@ -22,7 +22,7 @@ from spikeinterface.core import BaseRecording
 from tqdm.auto import tqdm
 
 from .annotation import Annotations, TrainingWindow
-from .inference import read_block
+from .preprocessing import read_block
 from .network import ESortNetwork
 
 if TYPE_CHECKING:

@@ -94,11 +94,19 @@ def layout_order(pretrained: np.ndarray, recording: np.ndarray) -> np.ndarray | 
     return order
 
 
+def find_model_folder(folder: str | Path) -> Path:
+    """The model folder (holding ``model.json``) of a model folder, a ``sorter_output`` folder or a
+    ``run_sorter`` folder of esort; ``folder`` itself when none holds one."""
+    folder = Path(folder)
+    for candidate in (folder, folder / "model", folder / "sorter_output" / "model"):
+        if (candidate / "model.json").is_file():
+            return candidate
+    return folder
+
+
 def load_backbone(path: str | Path) -> Backbone:
     """A backbone from ``<name>.pt`` + ``<name>.json``, or from a saved esort model (its folder, or the
     ``sorter_output`` or ``run_sorter`` folder holding it)."""
-    from .model import find_model_folder
-
     path = Path(path)
     if path.is_dir():
         path = find_model_folder(path)

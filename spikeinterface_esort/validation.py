@@ -10,13 +10,16 @@ The data being sorted is never used to choose a threshold.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 from spikeinterface.core import BaseRecording
 
 from .annotation import Annotations
 from .inference import detect_in_recording
-from .model import ESortModel
+
+if TYPE_CHECKING:
+    from .model import ESortModel
 
 logger = logging.getLogger("spikeinterface_esort")
 

@@ -151,7 +151,7 @@ def test_int16_recording_with_gains(small_recording, tmp_path):
 
 def test_units_without_spikes_are_named_and_a_sort_without_any_spike_fails(small_recording, tmp_path):
     from spikeinterface_esort.inference import DetectedSpikes
-    from spikeinterface_esort.pipeline import check_spike_counts
+    from spikeinterface_esort.output import check_spike_counts
 
     detected = DetectedSpikes(*(np.array(v) for v in ([10, 20], [0, 0], [0, 2], [0.9, 0.8])))
     with pytest.warns(UserWarning, match=r"no spike for 2 of 4 units \(b, d\); their detection thresholds: 0.60, 0.80"):

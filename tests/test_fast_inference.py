@@ -137,7 +137,8 @@ def test_reading_ahead_changes_no_spike(small_recording, small_esort_run):
 def test_filtering_on_the_device_changes_no_spike(small_recording, small_esort_run):
     """On a GPU the FFT filter runs on the device (``filter_on_device``, default there); forced here on the CPU,
     it finds the spikes of the CPU filter. Other preprocessing cannot be filtered on the device."""
-    from spikeinterface_esort.inference import detect_in_recording, filters_on_device, read_block
+    from spikeinterface_esort.inference import detect_in_recording, filters_on_device
+    from spikeinterface_esort.preprocessing import read_block
     from spikeinterface_esort.preprocessing import preprocess
 
     recording, _, _ = small_recording

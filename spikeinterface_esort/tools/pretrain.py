@@ -37,7 +37,7 @@ from ..inference import detect_in_recording
 from ..model import ESortModel
 from ..network import ESortNetwork, network_window_samples
 from ..parameters import default_params
-from ..pipeline import make_sorting
+from ..output import make_sorting
 from ..postprocessing import smoothing_taps
 from ..preprocessing import estimate_noise_levels, preprocess
 from ..training import (
