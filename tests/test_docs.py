@@ -111,7 +111,7 @@ def test_user_guide_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
     assert fenced_blocks(guide, "bash")[0].strip() == fenced_blocks(README, "bash")[0].strip()
 
 
-@pytest.mark.parametrize("module", ["settings_study", "scaling", "benchmark"])
+@pytest.mark.parametrize("module", ["settings_study", "scaling", "benchmark", "import_time"])
 def test_long_recording_and_defaults_commands_in_the_docs_parse(module):
     """The settings-study, scaling and benchmark commands of docs/*.md use existing options, presets and
     parameters (running them takes hours: tests/test_long_preset.py runs the same code at a small size)."""
@@ -127,3 +127,20 @@ def test_long_recording_and_defaults_commands_in_the_docs_parse(module):
         if module == "settings_study":
             for candidate in args.candidates:
                 tool.candidate_params(candidate)  # names a candidate or existing parameters
+
+
+def test_real_data_how_to_reads_a_finished_run_as_written(small_esort_run, tmp_path, monkeypatch, capsys):
+    """docs/real-data.md's python blocks run on a finished esort run, in the folder the page names."""
+    import shutil
+
+    folder, sorting = small_esort_run
+    shutil.copytree(folder, tmp_path / "esort_output")
+    monkeypatch.chdir(tmp_path)
+    blocks = fenced_blocks((ROOT / "docs" / "real-data.md").read_text(), "python")
+    assert blocks
+    namespace = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/real-data.md python block {i + 1}", "exec"), namespace)
+    printed = capsys.readouterr().out
+    trusted, total = map(int, re.search(r"(\d+) of (\d+) units: accuracy >= 0.8", printed).groups())
+    assert total == len(sorting.unit_ids) and 0 < trusted <= total
