@@ -73,3 +73,31 @@ def test_a_previous_run_is_a_backbone_for_pretrained_weights(small_esort_run):
     for path in (folder, folder / "sorter_output", folder / "sorter_output" / "model"):
         backbone = load_backbone(path)
         assert backbone.channel_locations.shape == (8, 2) and "head.weight" not in backbone.state
+
+
+def test_model_files_keep_loading_and_a_newer_format_is_refused(small_esort_run, tmp_path):
+    """The format policy of docs/user-guide.md: the oldest format that holds the model is written; every format up
+    to the installed one loads; a newer one is refused with a clear error."""
+    import json
+    import shutil
+
+    import torch
+
+    from spikeinterface_esort.network import ESortNetwork
+
+    model = ESortModel.load(small_esort_run[0])
+    assert json.loads((small_esort_run[0] / "sorter_output" / "model" / "model.json").read_text())["format_version"] == 2
+    # a dense (published) network is written as format 1, and loads to the same probabilities
+    dense = ESortModel.load(small_esort_run[0])
+    dense.network = ESortNetwork(len(model.channel_ids), model.window_samples, len(model.unit_ids)).eval()
+    dense.save(tmp_path / "dense")
+    assert json.loads((tmp_path / "dense" / "model.json").read_text())["format_version"] == 1
+    traces = torch.randn(3000, len(model.channel_ids))
+    torch.testing.assert_close(ESortModel.load(tmp_path / "dense").probabilities(traces), dense.probabilities(traces))
+    # a model written by a newer version
+    shutil.copytree(small_esort_run[0] / "sorter_output" / "model", tmp_path / "newer")
+    card = json.loads((tmp_path / "newer" / "model.json").read_text())
+    card["format_version"] = 99
+    (tmp_path / "newer" / "model.json").write_text(json.dumps(card))
+    with pytest.raises(ValueError, match="format 99.*upgrade"):
+        ESortModel.load(tmp_path / "newer")
