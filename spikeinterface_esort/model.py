@@ -266,12 +266,14 @@ def fit_model(
     device,
     chunk_size: int,
     progress_bar: bool,
+    n_jobs: int,
     timer: "StepTimer | None" = None,
     backbone: Backbone | None = None,
 ) -> tuple[ESortModel, TrainingSplit]:
     """Train a network on the annotated training window of a preprocessed recording (from
     ``backbone``, else from ``pretrained_weights`` when given) and choose its thresholds on the held-out part:
-    the model and the split (in the window's training-recording frames, like ``annotations``)."""
+    the model and the split (in the window's training-recording frames, like ``annotations``). ``n_jobs``:
+    threads reading the training traces."""
     timer = timer or StepTimer()
     requested, params = params, resolve_precision(params, device)
     for name in ("training_dtype", "inference_dtype"):
@@ -286,7 +288,7 @@ def fit_model(
             backbone = resolve_backbone(params["pretrained_weights"], locations, fs)
         traces = load_traces(
             training_recording, 0, window.num_samples, noise_levels, chunk_size=chunk_size, progress_bar=progress_bar,
-            n_jobs=torch.get_num_threads(),  # the job's n_jobs (see torch_threads)
+            n_jobs=n_jobs,
         )
         jitter = int(round(params["jitter_ms"] * fs / 1000.0))
         network, history = fit_network(
@@ -399,7 +401,7 @@ def fine_tune_model(
         params["window_ms"] = model.window_samples * 1000.0 / model.sampling_frequency
         tuned, _ = fit_model(
             preprocessed, found, window, model.noise_levels, params, resolve_device(params["torch_device"]),
-            chunk_size, progress_bar, backbone=backbone,
+            chunk_size, progress_bar, n_jobs=job_kwargs["n_jobs"], backbone=backbone,
         )
         tuned.preprocessing = dict(model.preprocessing)
         if folder is not None:

@@ -78,7 +78,8 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             annotations = annotate(recording, window, params, folder, verbose)
 
         model, split = fit_model(
-            preprocessed, annotations, window, noise_levels, params, device, chunk_size, progress_bar, timer
+            preprocessed, annotations, window, noise_levels, params, device, chunk_size, progress_bar,
+            n_jobs=job_kwargs["n_jobs"], timer=timer,
         )
         with timer("inference"):
             detected = detect_in_recording(

@@ -194,6 +194,16 @@ def _batches(num: int, batch_size: int):
             yield start, stop
 
 
+@dataclass
+class TrainingTask:
+    """One network trained on one recording's annotated windows (``traces``: (samples, channels), normalised)."""
+
+    network: ESortNetwork
+    traces: torch.Tensor
+    train_sampler: WindowSampler
+    validation_sampler: WindowSampler | None = None
+
+
 def train_network(
     network: ESortNetwork,
     traces: torch.Tensor,
@@ -206,47 +216,72 @@ def train_network(
 ) -> dict:
     """Fit ``network`` in place with Adam and binary cross-entropy; keep the weights of the epoch with
     the lowest validation loss (training loss when there is no validation spike). Returns the history."""
-    rng = np.random.default_rng(params["seed"])
-    network.to(device)
-    mixed_precision = params.get("training_dtype", "float32") == "bfloat16"
-    # in mixed precision the first matrix product reads the windows in bfloat16: the traces are stored so once
-    # (the values autocast would give every gathered window; as small as load_traces' float16), not cast per batch
-    traces = traces.to(device, torch.bfloat16) if mixed_precision else traces.to(device)
-    windows_dtype = torch.bfloat16 if mixed_precision else torch.float32
-    optimiser = torch.optim.Adam([p for p in network.parameters() if p.requires_grad], lr=params["learning_rate"])
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    window = network.window_samples
+    return train_networks([TrainingTask(network, traces, train_sampler, validation_sampler)], params, device,
+                          progress_bar, augmentation)
 
-    validation = None
-    if validation_sampler is not None and len(validation_sampler.anchor_samples) > 0:
-        v_centres, v_targets = validation_sampler.draw(rng, 1, params["negative_ratio"])
-        validation = (torch.from_numpy(v_centres).to(device), torch.from_numpy(v_targets).to(device))
+
+def train_networks(
+    tasks: list[TrainingTask],
+    params: dict,
+    device: torch.device,
+    progress_bar: bool,
+    augmentation: DriftAugmentation | None = None,
+) -> dict:
+    """Fit the tasks' networks in place, together: one Adam over all their parameters (layers the networks share
+    count once), binary cross-entropy; each epoch draws every task's windows and runs all their batches (in a
+    random order across tasks when there are several). Keeps the weights of the epoch with the lowest validation
+    loss, the mean over tasks (a task without validation spikes counts its training loss). Returns the history:
+    per epoch ``train_loss``, ``validation_loss``, ``epoch_s``; ``best_epoch``, ``best_validation_loss``."""
+    rng = np.random.default_rng(params["seed"])
+    mixed_precision = params.get("training_dtype", "float32") == "bfloat16"
+    windows_dtype = torch.bfloat16 if mixed_precision else torch.float32
+    traces, validations = [], []
+    for task in tasks:
+        task.network.to(device)
+        # in mixed precision the first matrix product reads the windows in bfloat16: the traces are stored so once
+        # (the values autocast would give every gathered window; as small as load_traces' float16), not cast per batch
+        traces.append(task.traces.to(device, torch.bfloat16) if mixed_precision else task.traces.to(device))
+        validation = None
+        if task.validation_sampler is not None and len(task.validation_sampler.anchor_samples) > 0:
+            v_centres, v_targets = task.validation_sampler.draw(rng, 1, params["negative_ratio"])
+            validation = (torch.from_numpy(v_centres).to(device), torch.from_numpy(v_targets).to(device))
+        validations.append(validation)
+    parameters = {id(p): p for task in tasks for p in task.network.parameters() if p.requires_grad}
+    optimiser = torch.optim.Adam(list(parameters.values()), lr=params["learning_rate"])
+    loss_fn = torch.nn.BCEWithLogitsLoss()
 
     history = dict(train_loss=[], validation_loss=[], epoch_s=[])
-    best_loss, best_state, best_epoch, stale = np.inf, None, -1, 0
+    best_loss, best_states, best_epoch, stale = np.inf, None, -1, 0
     epochs = tqdm(range(params["epochs"]), desc="esort training", unit="epoch", disable=not progress_bar)
     for epoch in epochs:
         t0 = time.perf_counter()
-        centres, targets = train_sampler.draw(rng, params["windows_per_spike"], params["negative_ratio"],
-                                              params.get("spikes_per_epoch"))
-        centres, targets = torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device)
-        network.train()
+        batches = []  # (task, centres, targets)
+        for i, task in enumerate(tasks):
+            centres, targets = task.train_sampler.draw(rng, params["windows_per_spike"], params["negative_ratio"],
+                                                       params.get("spikes_per_epoch"))
+            centres, targets = torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device)
+            batches += [(i, centres[a:b], targets[a:b]) for a, b in _batches(len(centres), params["batch_size"])]
+        order = rng.permutation(len(batches)) if len(tasks) > 1 else range(len(batches))
+        for task in tasks:
+            task.network.train()
         total, count = 0.0, 0
-        for start, stop in _batches(len(centres), params["batch_size"]):
-            windows = gather_windows(traces, centres[start:stop], window, windows_dtype)
+        for j in order:
+            i, centres, targets = batches[j]
+            windows = gather_windows(traces[i], centres, tasks[i].network.window_samples, windows_dtype)
             mixing = augmentation.draw(rng) if augmentation is not None else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
-                logits = network.forward_windows(windows, mixing)
-            loss = loss_fn(logits.float(), targets[start:stop])
+                logits = tasks[i].network.forward_windows(windows, mixing)
+            loss = loss_fn(logits.float(), targets)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            total += loss.item() * (stop - start)
-            count += stop - start
+            total += loss.item() * len(centres)
+            count += len(centres)
         train_loss = total / max(count, 1)
-        validation_loss = (
-            evaluate_loss(network, traces, validation, params["batch_size"], mixed_precision) if validation else train_loss
-        )
+        validation_loss = float(np.mean([
+            evaluate_loss(task.network, traces[i], validations[i], params["batch_size"], mixed_precision)
+            if validations[i] is not None else train_loss for i, task in enumerate(tasks)
+        ]))
         history["train_loss"].append(train_loss)
         history["validation_loss"].append(validation_loss)
         history["epoch_s"].append(time.perf_counter() - t0)
@@ -254,15 +289,16 @@ def train_network(
         logger.info("training: epoch %d train loss %.5f validation loss %.5f", epoch + 1, train_loss, validation_loss)
         if validation_loss < best_loss - 1e-6:
             best_loss, best_epoch, stale = validation_loss, epoch, 0
-            best_state = copy.deepcopy(network.state_dict())
+            best_states = [copy.deepcopy(task.network.state_dict()) for task in tasks]
         else:
             stale += 1
             if stale >= params["patience"]:
                 logger.info("training: early stop after epoch %d (best epoch %d)", epoch + 1, best_epoch + 1)
                 break
-    if best_state is not None:
-        network.load_state_dict(best_state)
-    network.eval()
+    for task, state in zip(tasks, best_states or []):
+        task.network.load_state_dict(state)
+    for task in tasks:
+        task.network.eval()
     history["best_epoch"] = best_epoch + 1
     history["best_validation_loss"] = float(best_loss)
     return history

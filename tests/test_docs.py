@@ -144,3 +144,14 @@ def test_real_data_how_to_reads_a_finished_run_as_written(small_esort_run, tmp_p
     printed = capsys.readouterr().out
     trusted, total = map(int, re.search(r"(\d+) of (\d+) units: accuracy >= 0.8", printed).groups())
     assert total == len(sorting.unit_ids) and 0 < trusted <= total
+
+
+def test_docs_are_reference_not_a_diary():
+    """No page over 350 lines; no commit hashes or clock times outside CHANGELOG.md (history lives there)."""
+    for path in sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]:
+        text = path.read_text()
+        assert len(text.splitlines()) <= 350, f"{path.name}: {len(text.splitlines())} lines"
+        hashes = re.findall(r"\bcommit [0-9a-f]{7,40}\b", text)
+        clock = re.findall(r"\b(?:[01]?\d|2[0-3]):[0-5]\d(?:-(?:[01]?\d|2[0-3]):[0-5]\d)?\)?(?= |,|\)|;)", text)
+        clock = [c for c in clock if not re.search(rf"\|\s*{re.escape(c)}", text)]  # not a ratio in a table cell
+        assert not hashes and not clock, f"{path.name}: {hashes + clock}"

@@ -149,3 +149,22 @@ def test_annotation_reduction_reads_the_curves():
     lines = annotation_reduction(stats, [5, 10, 20])
     assert "at least 50% fewer" in lines[0]  # pretrained at 5 (0.7) beats scratch at 10 (0.6)
     assert "k~16.7" in lines[1]  # 0.9 reached between 10 (0.8) and 20 (0.95)
+
+
+def test_pretraining_writes_a_backbone_that_loads_and_transfers(tmp_path):
+    """tools.pretrain at a tiny size: one backbone shared by two recordings' heads, trained with the sorter's own
+    training loop; its card and weights load as pretrained weights."""
+    from spikeinterface_esort.tools.pretrain import main
+
+    assert main(["--layout", "grid", "--channels", "16", "--seeds", "1", "2", "--units", "3", "--duration", "8",
+                 "--epochs", "2", "--name", "tiny", "--out", str(tmp_path / "out"),
+                 "--work-folder", str(tmp_path / "work")]) in (0, None)
+    card = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert 1 <= card["recipe"]["epochs_run"] <= 2 and len(card["history"]) == card["recipe"]["epochs_run"]
+    assert [row["seed"] for row in card["validation"]["recordings"]] == [1, 2]
+    assert all(0.0 <= row["accuracy"] <= 1.0 for row in card["validation"]["recordings"])
+    backbone = load_backbone(tmp_path / "out" / "tiny.pt")
+    assert backbone.channel_locations.shape == (16, 2)
+    network = ESortNetwork(16, backbone.window_samples, 5)
+    report = transfer_backbone(network, backbone, backbone.channel_locations, card["sampling_frequency"])
+    assert report["from_scratch"] == ["head"] and "spatial" in report["transferred"]

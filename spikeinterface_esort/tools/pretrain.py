@@ -17,7 +17,6 @@ writes ``<out>/<name>.pt`` (float16 backbone state dict), ``<name>.json`` (model
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import logging
@@ -40,15 +39,7 @@ from ..parameters import default_params
 from ..output import make_sorting
 from ..postprocessing import smoothing_taps
 from ..preprocessing import estimate_noise_levels, preprocess
-from ..training import (
-    DriftAugmentation,
-    WindowSampler,
-    _batches,
-    drift_augmentation_range,
-    evaluate_loss,
-    gather_windows,
-    load_traces,
-)
+from ..training import DriftAugmentation, TrainingTask, WindowSampler, drift_augmentation_range, load_traces, train_networks
 from ..transfer import backbone_state
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -92,7 +83,6 @@ def pretrain(
     name = name or f"{layout}-{channels}ch-{int(fs / 1000)}khz"
     work_folder, out = Path(work_folder), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(params["seed"])
     torch.manual_seed(params["seed"])
 
     datasets = [
@@ -115,48 +105,13 @@ def pretrain(
         d["traces"] = load_traces(d["preprocessed"], 0, num, d["noise"], chunk_size=30000, progress_bar=False).to(device)
         d["train"] = WindowSampler(d["samples"], d["units"], len(d["unit_ids"]), 0, split, window, jitter)
         d["validation"] = WindowSampler(d["samples"], d["units"], len(d["unit_ids"]), split, num, window, jitter)
-        centres, targets = d["validation"].draw(rng, 1, params["negative_ratio"])
-        d["validation_windows"] = (torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device))
     shift = drift_augmentation_range(params["drift_augmentation_um"], locations)
     augmentation = DriftAugmentation(locations, shift, device) if shift >= 1 else None
-    parameters = {id(p): p for net in networks for p in net.parameters()}
-    optimiser = torch.optim.Adam(list(parameters.values()), lr=params["learning_rate"])
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-
-    history, best, best_state, stale = [], np.inf, None, 0
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        batches = []
-        for i, d in enumerate(datasets):
-            centres, targets = d["train"].draw(rng, params["windows_per_spike"], params["negative_ratio"])
-            centres, targets = torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device)
-            batches += [(i, centres[a:b], targets[a:b]) for a, b in _batches(len(centres), params["batch_size"])]
-        for net in networks:
-            net.train()
-        total = 0.0
-        for j in rng.permutation(len(batches)):
-            i, centres, targets = batches[j]
-            windows = gather_windows(datasets[i]["traces"], centres, window)
-            mixing = augmentation.draw(rng) if augmentation is not None else None
-            loss = loss_fn(networks[i].forward_windows(windows, mixing), targets)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach())
-        validation = float(np.mean([evaluate_loss(net, d["traces"], d["validation_windows"], params["batch_size"])
-                                    for net, d in zip(networks, datasets)]))
-        history.append(dict(epoch=epoch + 1, train_loss=total / max(len(batches), 1), validation_loss=validation,
-                            seconds=time.perf_counter() - t0))
-        print(f"pretrain epoch {epoch + 1}/{epochs}: train {history[-1]['train_loss']:.4f} "
-              f"validation {validation:.4f} ({history[-1]['seconds']:.1f} s)", flush=True)
-        if validation < best - 1e-6:
-            best, stale, best_state = validation, 0, [copy.deepcopy(n.state_dict()) for n in networks]
-        else:
-            stale += 1
-            if stale >= params["patience"]:
-                break
-    for net, state in zip(networks, best_state):
-        net.load_state_dict(state)
+    params["spikes_per_epoch"] = None  # the pretraining recipe: every annotated spike of every recording, each epoch
+    tasks = [TrainingTask(net, d["traces"], d["train"], d["validation"]) for net, d in zip(networks, datasets)]
+    result = train_networks(tasks, params, device, progress_bar=True, augmentation=augmentation)
+    history = [dict(epoch=i + 1, train_loss=t, validation_loss=v, seconds=e) for i, (t, v, e) in
+               enumerate(zip(result["train_loss"], result["validation_loss"], result["epoch_s"]))]
     training_s = time.perf_counter() - t_start
 
     figures = []
