@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from spikeinterface.core import BaseRecording, NumpySorting
+from spikeinterface.core import BaseRecording, BaseSorting, NumpySorting
 
 from .annotation import (
     Annotations,
@@ -379,8 +379,6 @@ def fine_tune_model(
     **overrides,
 ) -> ESortModel:
     """Train a new model on ``annotations`` of ``recording`` from ``model``'s backbone (see ``ESortModel.fine_tune``)."""
-    from spikeinterface.core import BaseSorting
-
     params = default_params()
     params.update({k: v for k, v in model.params.items() if k in PARAMETERS_BY_NAME})
     params.update(overrides)

@@ -144,7 +144,7 @@ def pretrain(
             preprocessing={k: params[k] for k in ("freq_min", "freq_max", "common_reference", "filter_method")},
             firing_rates="generator default (15 Hz)",
         ),
-        recipe=dict(epochs_run=len(history), best_epoch=int(np.argmin([h["validation_loss"] for h in history]) + 1),
+        recipe=dict(epochs_run=len(history), best_epoch=result["best_epoch"],
                     **{k: params[k] for k in ("learning_rate", "batch_size", "jitter_ms", "negative_ratio",
                                               "windows_per_spike", "validation_fraction", "patience", "seed")}),
         validation=dict(
