@@ -133,7 +133,7 @@ class ESortNetwork(nn.Module):
         with no transposed copy of the windows, the batch norms run on 2-D views (statistics per channel over
         features x batch, as the convolutional form's), the spatial filter is one product.
 
-        ``channel_mixing`` (channels, channels), if given, re-samples the channels first: the network sees input
+        ``channel_mixing`` (channels, channels), a tensor or a ``ChannelMixing``, if given, re-samples the channels first: the network sees input
         channel c = sum_s channel_mixing[s, c] * channel s (the drift augmentation). It is applied after the first
         temporal filter (linear and shared by all channels, so it commutes with the mixing): on f1 features instead
         of window_samples samples per channel, window_samples / f1 times fewer operations than on the raw windows.
@@ -144,23 +144,39 @@ class ESortNetwork(nn.Module):
                 f"forward_windows expects windows of {self.window_samples} samples x {self.num_channels} channels, "
                 f"got {samples} x {channels}."
             )
-        f1, f2 = self.temporal_features
         x = self.temporal1.weight[:, 0, :] @ windows.reshape(samples, batch * channels)  # (f1, B*C)
-        if channel_mixing is not None:  # one (f1*B, C) x (C, C) product
+        return self._after_first_filter(x, batch, channel_mixing)
+
+    def forward_centres(self, traces: torch.Tensor, centres: torch.Tensor,
+                        channel_mixing: "torch.Tensor | ChannelMixing | None" = None) -> torch.Tensor:
+        """Logits (batch, units) of the windows of (samples, channels) ``traces`` centred at ``centres``:
+        ``forward_windows(gather_windows(traces, centres, ...), channel_mixing)``, with the windows gathered and
+        filtered by the first temporal filter a few at a time (``GatheredFirstFilter``) instead of copied whole
+        (at 384 channels a batch of 1024 windows is 94 MB in float32)."""
+        if traces.shape[1] != self.num_channels:
+            raise ValueError(f"ESortNetwork expects {self.num_channels} channels, got {traces.shape[1]}.")
+        x = GatheredFirstFilter.apply(traces, centres, self.temporal1.weight[:, 0, :])  # (f1, B*C)
+        return self._after_first_filter(x, len(centres), channel_mixing)
+
+    def _after_first_filter(self, x: torch.Tensor, batch: int, channel_mixing) -> torch.Tensor:
+        """``forward_windows`` from the first temporal filter's product (f1, batch * channels), before its bias."""
+        f1, f2 = self.temporal_features
+        channels = self.num_channels
+        if isinstance(channel_mixing, ChannelMixing):  # (f1*B, C) x (C, C), in blocks along the probe
+            x = ChannelMixingProduct.apply(x.reshape(f1 * batch, channels), channel_mixing)
+        elif channel_mixing is not None:  # one (f1*B, C) x (C, C) product
             x = x.reshape(f1 * batch, channels) @ channel_mixing.to(x.dtype)
         x = x.reshape(f1, batch, channels) + self.temporal1.bias[:, None, None]
         x = torch.relu(self.temporal1_norm(x.reshape(f1 * batch, channels, 1, 1)))
         x = torch.addmm(self.temporal2.bias[:, None], self.temporal2.weight[:, :, 0], x.reshape(f1, batch * channels))
         x = torch.relu(self.temporal2_norm(x.reshape(f2 * batch, channels, 1, 1)))  # (f2*B, C)
+        # channel-major (batch, channels * f2), the spatial filter's input order: one transposed copy
+        x = x.reshape(f2, batch, channels).permute(1, 2, 0).reshape(batch, channels * f2)
         if self.spatial_radius_um is not None:  # one small product per group of the local filter
             order, hidden, groups = self.local_groups()
-            x = LocalSpatialProduct.apply(x.reshape(f2, batch, channels), self.spatial_weight(), self.spatial.bias,
-                                          order, hidden, groups)
+            x = LocalSpatialProduct.apply(x, self.spatial_weight(), self.spatial.bias, order, hidden, groups)
         else:
-            # the spatial filter reads channel-major features (index c * f2 + g): its weight is re-ordered to (g, c)
-            x = x.reshape(f2, batch, channels).transpose(0, 1).reshape(batch, f2 * channels)
-            weight = self.spatial_weight().reshape(-1, channels, f2).transpose(1, 2).reshape(-1, f2 * channels)
-            x = F.linear(x, weight, self.spatial.bias)
+            x = F.linear(x, self.spatial_weight(), self.spatial.bias)
         x = torch.relu(self.spatial_norm(x))
         return F.linear(x, self.head.weight[:, :, 0], self.head.bias)
 
@@ -336,27 +352,34 @@ def local_spatial_groups(mask: torch.Tensor, features_per_channel: int) -> tuple
 class LocalSpatialProduct(torch.autograd.Function):
     """The local spatial filter of a batch of single windows, one product per group (the training form).
 
-    ``features`` (f2, batch, channels), ``weight`` (hidden, channels * f2) channel-major and masked, ``bias``
-    (hidden,); ``order``, ``hidden`` and ``groups`` from ``local_spatial_groups`` (channels along the probe).
-    Returns (batch, hidden): ``features`` flattened channel-major times ``weight``.T plus ``bias``, at the cost of
-    the groups' products instead of the dense one, forward and backward. Under ``torch.autocast`` the products
-    run in the autocast precision, as ``F.linear`` would.
+    ``features`` (batch, channels * f2) channel-major, ``weight`` (hidden, channels * f2) channel-major and masked,
+    ``bias`` (hidden,); ``order``, ``hidden`` and ``groups`` from ``local_spatial_groups`` (channels along the
+    probe). Returns (batch, hidden): ``features`` times ``weight``.T plus ``bias``, at the cost of the groups'
+    products instead of the dense one, forward and backward. Channels already numbered along the probe (as on
+    Neuropixels probes) are not re-ordered. Under ``torch.autocast`` the products run in the autocast precision,
+    as ``F.linear`` would.
     """
 
     @staticmethod
     def forward(ctx, features, weight, bias, order, hidden, groups):
-        f2, batch, channels = features.shape
+        batch = features.shape[0]
+        channels = len(order)
+        f2 = features.shape[1] // channels
         dtype = _autocast_dtype(features.device.type) or features.dtype
+        in_order = bool((order == torch.arange(channels, device=order.device)).all())
         # channels along the probe, channel-major (batch, channels * f2); hidden rows in group order
-        x = features.permute(1, 2, 0).index_select(1, order).reshape(batch, channels * f2).to(dtype)
-        w = weight.reshape(-1, channels, f2).index_select(1, order).reshape(weight.shape[0], -1)[hidden].to(dtype)
+        x = features if in_order else features.reshape(batch, channels, f2).index_select(1, order).reshape(batch, -1)
+        x = x.to(dtype)
+        w = weight if in_order else weight.reshape(-1, channels, f2).index_select(1, order).reshape(weight.shape[0], -1)
+        w = w[hidden].to(dtype)
         out = torch.empty((weight.shape[0], batch), dtype=dtype, device=features.device)  # (hidden in group order, B)
         for a, b, lo, hi in groups:
             torch.mm(w[a:b, lo:hi], x[:, lo:hi].t(), out=out[a:b])
         result = torch.empty((batch, weight.shape[0]), dtype=dtype, device=features.device)
         result[:, hidden] = out.t()
         ctx.save_for_backward(x, w, order, hidden)
-        ctx.groups, ctx.shape, ctx.dtypes = groups, (f2, batch, channels), (features.dtype, weight.dtype)
+        ctx.groups, ctx.shape, ctx.in_order = groups, (f2, batch, channels), in_order
+        ctx.dtypes = (features.dtype, weight.dtype)
         return result + bias.to(dtype)
 
     @staticmethod
@@ -370,12 +393,107 @@ class LocalSpatialProduct(torch.autograd.Function):
             grad_x[:, lo:hi].addmm_(grad_t[a:b].t(), w[a:b, lo:hi])
             torch.mm(grad_t[a:b], x[:, lo:hi], out=grad_w[a:b, lo:hi])
         features_dtype, weight_dtype = ctx.dtypes
-        grad_features = torch.empty((batch, channels, f2), dtype=features_dtype, device=x.device)
-        grad_features[:, order] = grad_x.reshape(batch, channels, f2).to(features_dtype)
+        if ctx.in_order:
+            grad_features = grad_x.to(features_dtype)
+        else:
+            grad_features = torch.empty((batch, channels, f2), dtype=features_dtype, device=x.device)
+            grad_features[:, order] = grad_x.reshape(batch, channels, f2).to(features_dtype)
+            grad_features = grad_features.reshape(batch, channels * f2)
         grad_weight = torch.empty((w.shape[0], channels, f2), dtype=weight_dtype, device=x.device)
         grad_weight[hidden[:, None], order] = grad_w.reshape(-1, channels, f2).to(weight_dtype)  # rows and channels back
-        return (grad_features.permute(2, 0, 1), grad_weight.reshape(w.shape[0], -1), grad.sum(0).to(weight_dtype),
-                None, None, None)
+        return (grad_features, grad_weight.reshape(w.shape[0], -1), grad.sum(0).to(weight_dtype), None, None, None)
+
+
+class GatheredFirstFilter(torch.autograd.Function):
+    """The first temporal filter's product of the windows of (samples, channels) ``traces`` centred at ``centres``:
+    ``weight`` (f1, window_samples) times the windows (window_samples, batch * channels), as (f1, batch * channels),
+    the windows gathered ``WINDOWS_PER_BLOCK`` at a time (and again in backward, for the weight's gradient: the
+    traces get none), so that they stay in the cache. Under ``torch.autocast`` the products run in the autocast
+    precision."""
+
+    WINDOWS_PER_BLOCK = 32
+
+    @staticmethod
+    def forward(ctx, traces, centres, weight):
+        dtype = _autocast_dtype(traces.device.type) or weight.dtype
+        f1, samples = weight.shape
+        channels = traces.shape[1]
+        offsets = torch.arange(samples, device=traces.device) - samples // 2
+        w = weight.to(dtype)
+        out = torch.empty((f1, len(centres), channels), dtype=dtype, device=traces.device)
+        for first in range(0, len(centres), GatheredFirstFilter.WINDOWS_PER_BLOCK):
+            block = centres[first : first + GatheredFirstFilter.WINDOWS_PER_BLOCK]
+            windows = traces.index_select(0, (offsets[:, None] + block[None, :]).reshape(-1)).to(dtype)
+            out[:, first : first + len(block)] = (w @ windows.reshape(samples, -1)).reshape(f1, len(block), channels)
+        ctx.save_for_backward(traces, centres, offsets)
+        ctx.weight_dtype = weight.dtype
+        return out.reshape(f1, -1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        traces, centres, offsets = ctx.saved_tensors
+        samples, channels = len(offsets), traces.shape[1]
+        grad = grad.reshape(grad.shape[0], len(centres), channels)
+        grad_weight = torch.zeros((grad.shape[0], samples), dtype=torch.promote_types(grad.dtype, torch.float32),
+                                  device=grad.device)
+        for first in range(0, len(centres), GatheredFirstFilter.WINDOWS_PER_BLOCK):
+            block = centres[first : first + GatheredFirstFilter.WINDOWS_PER_BLOCK]
+            windows = traces.index_select(0, (offsets[:, None] + block[None, :]).reshape(-1)).to(grad.dtype)
+            part = grad[:, first : first + len(block)].reshape(grad.shape[0], -1)  # (f1, block * C)
+            grad_weight += (part @ windows.reshape(samples, -1).t()).to(grad_weight.dtype)
+        return None, None, grad_weight.to(ctx.weight_dtype)
+
+
+class ChannelMixing:
+    """A (source, target) channel-mixing matrix kept as column blocks, for features of shape (rows, channels).
+
+    Each block of ``block_channels`` consecutive target channels reads the contiguous range of source channels
+    that holds every weight of its columns above ``tolerance`` times the largest weight; the weights outside are
+    dropped. A kriging re-sampling kernel along the probe (the drift augmentation) is banded when the channels are
+    numbered along the probe, as on Neuropixels probes, and then costs a fraction of the dense product (at 384
+    channels in 32-channel blocks, about a fifth); where the blocks would read more than half of the matrix, it is
+    one dense block."""
+
+    def __init__(self, matrix: torch.Tensor, block_channels: int = 32, tolerance: float = 1e-6):
+        channels = matrix.shape[0]
+        if matrix.shape != (channels, channels):
+            raise ValueError(f"a channel-mixing matrix is square, got shape {tuple(matrix.shape)}")
+        self.matrix = matrix
+        reaches = matrix.abs() > tolerance * float(matrix.abs().max())
+        blocks = []
+        for a in range(0, channels, block_channels):
+            b = min(a + block_channels, channels)
+            rows = torch.nonzero(reaches[:, a:b].any(dim=1)).flatten()
+            lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (a, b)
+            blocks.append((a, b, lo, hi))
+        if sum((b - a) * (hi - lo) for a, b, lo, hi in blocks) > channels * channels / 2:
+            blocks = [(0, channels, 0, channels)]
+        self.blocks = blocks
+        self.weights = [matrix[lo:hi, a:b].contiguous() for a, b, lo, hi in blocks]
+
+
+class ChannelMixingProduct(torch.autograd.Function):
+    """``features`` (rows, channels) times a ``ChannelMixing``'s matrix, block by block, forward and backward
+    (the matrix is a constant: no gradient). Under ``torch.autocast`` the products run in the autocast precision."""
+
+    @staticmethod
+    def forward(ctx, features, mixing):
+        dtype = _autocast_dtype(features.device.type) or features.dtype
+        x = features.to(dtype)
+        weights = [w.to(device=x.device, dtype=dtype) for w in mixing.weights]
+        out = torch.empty_like(x)
+        for (a, b, lo, hi), weight in zip(mixing.blocks, weights):
+            torch.mm(x[:, lo:hi], weight, out=out[:, a:b])
+        ctx.blocks, ctx.weights, ctx.features_dtype = mixing.blocks, weights, features.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.to(ctx.weights[0].dtype)
+        grad_features = torch.zeros_like(grad)
+        for (a, b, lo, hi), weight in zip(ctx.blocks, ctx.weights):
+            grad_features[:, lo:hi].addmm_(grad[:, a:b], weight.t())
+        return grad_features.to(ctx.features_dtype), None
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:

@@ -62,3 +62,12 @@ def test_precision_check_times_each_precision_and_its_error(capsys):
     if hasattr(torch, "_int_mm"):
         assert row["spatial_int8_s_per_s"] > 0 and row["spatial_int8_product_only_s_per_s"] > 0
         assert 1e-4 < row["spatial_int8_relative_error"] < 2e-2
+
+
+def test_training_speed_tool_times_each_form_of_the_training_step():
+    """The training-speed study runs the sorter's training step and the forms it replaced on a small probe."""
+    from spikeinterface_esort.tools.training_speed import FORMS, measure
+
+    result = measure(channels=32, batches=1, rounds=1, threads=1)
+    assert set(result) == set(FORMS)
+    assert all(wall > 0 and cpu > 0 for wall, cpu in result.values())

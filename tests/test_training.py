@@ -74,11 +74,52 @@ def test_training_forward_equals_the_convolutional_network_with_and_without_drif
         mode()
         torch.testing.assert_close(network.forward_windows(windows), network(windows.permute(1, 2, 0))[:, :, 0],
                                    atol=1e-5, rtol=1e-4)
-        shifted = torch.einsum("tbs,sc->bct", windows, mixing)  # re-sampled, (batch, channels, samples)
+        shifted = torch.einsum("tbs,sc->bct", windows, mixing.matrix)  # re-sampled, (batch, channels, samples)
         torch.testing.assert_close(network.forward_windows(windows, mixing), network(shifted)[:, :, 0],
                                    atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="12 samples x 16 channels"):
         network.forward_windows(torch.randn(13, 4, 16))
+
+
+def test_training_gathers_windows_block_by_block_with_the_same_logits_and_gradients():
+    """forward_centres (the training loop's form: windows gathered a few at a time, again in backward) gives the
+    logits and weight gradients of forward_windows on the gathered windows."""
+    from spikeinterface_esort.network import ESortNetwork, GatheredFirstFilter
+
+    torch.manual_seed(0)
+    network = ESortNetwork(16, 12, 3).double().train()
+    traces = torch.randn(500, 16, dtype=torch.float64)
+    centres = torch.randint(10, 490, (100,))  # more than one block of windows
+    assert len(centres) > GatheredFirstFilter.WINDOWS_PER_BLOCK
+    gathered = network.forward_windows(gather_windows(traces, centres, 12, torch.float64))
+    expected = torch.autograd.grad(gathered.square().sum(), list(network.parameters()))
+    blockwise = network.forward_centres(traces, centres)
+    torch.testing.assert_close(blockwise, gathered)
+    for got, want in zip(torch.autograd.grad(blockwise.square().sum(), list(network.parameters())), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_drift_mixing_in_blocks_along_the_probe_equals_the_dense_product():
+    """On a Neuropixels 1.0 probe (channels numbered along the probe) the drift augmentation's re-sampling is done
+    in blocks that read a fraction of the channels, and gives the dense product's values and input gradients."""
+    from spikeinterface_esort.network import ChannelMixing, ChannelMixingProduct
+    from spikeinterface_esort.tools.datasets import neuropixels_1_probe
+
+    augmentation = DriftAugmentation(neuropixels_1_probe().contact_positions, max_shift_um=20.0,
+                                     device=torch.device("cpu"))
+    mixing = augmentation.draw(np.random.default_rng(3))
+    read = sum((b - a) * (hi - lo) for a, b, lo, hi in mixing.blocks)
+    assert read < 0.25 * 384 * 384
+    features = torch.randn(40, 384, dtype=torch.float64, requires_grad=True)
+    blocked = ChannelMixingProduct.apply(features, ChannelMixing(mixing.matrix.double()))
+    dense = features @ mixing.matrix.double()
+    torch.testing.assert_close(blocked, dense, atol=1e-5, rtol=0)
+    grad = torch.randn(40, 384, dtype=torch.float64)
+    (blocked_grad,) = torch.autograd.grad(blocked, features, grad)
+    (dense_grad,) = torch.autograd.grad(dense, features, grad)
+    torch.testing.assert_close(blocked_grad, dense_grad, atol=1e-5, rtol=0)
+    scrambled = ChannelMixing(mixing.matrix[torch.randperm(384)][:, torch.randperm(384)])  # no band: one block
+    assert scrambled.blocks == [(0, 384, 0, 384)]
 
 
 def test_local_spatial_product_gives_the_masked_products_and_their_gradients():
@@ -94,10 +135,11 @@ def test_local_spatial_product_gives_the_masked_products_and_their_gradients():
     network.set_channel_locations(locations)
     order, hidden, groups = network.local_groups()
     assert len(groups) == 2 and network.spatial_mask.sum(1).max() < 32
-    features = torch.randn(3, 5, 32, dtype=torch.float64, requires_grad=True)  # (f2, batch, channels)
+    assert not (order == torch.arange(32)).all()  # the channels are re-ordered along the probe
+    features = torch.randn(5, 32 * 3, dtype=torch.float64, requires_grad=True)  # (batch, channels * f2)
     weight = network.spatial_weight().detach().double().requires_grad_()
     bias = torch.randn(32, dtype=torch.float64, requires_grad=True)
-    dense = features.permute(1, 2, 0).reshape(5, -1) @ weight.t() + bias  # channel-major flatten
+    dense = features @ weight.t() + bias
     torch.testing.assert_close(LocalSpatialProduct.apply(features, weight, bias, order, hidden, groups), dense)
     assert torch.autograd.gradcheck(lambda f, w, b: LocalSpatialProduct.apply(f, w, b, order, hidden, groups),
                                     (features, weight, bias), fast_mode=True)

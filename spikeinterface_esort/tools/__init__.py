@@ -5,6 +5,7 @@
 - ``scaling``: cost (wall time, peak memory) against recording length;
 - ``settings_study``: accuracy and time of candidate default settings, preset by preset;
 - ``throughput``: inference speed by channel count, stride and precision;
+- ``training_speed``: milliseconds per training batch of the sorter's network;
 - ``studies``: drift, noise and model-reuse studies;
 - ``fewshot``: few-shot fine-tuning from a backbone;
 - ``pretrain``: builds the shipped backbones;
