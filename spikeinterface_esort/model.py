@@ -40,9 +40,9 @@ from .output import check_spike_counts, make_sorting, mean_probabilities, save_s
 from .parameters import PARAMETERS_BY_NAME, default_params, validate_params
 from .postprocessing import detect_spikes, detection_margin, smoothing_taps, strided_taps, triangular_kernel
 from .preprocessing import correct_motion, preprocess
-from .training import TrainingSplit, fit_network, load_traces, split_window
+from .training import TrainingSplit, first_spikes_per_unit, fit_network, load_traces, split_window
 from .transfer import Backbone, find_model_folder, model_backbone, resolve_backbone, same_layout
-from .validation import choose_thresholds
+from .validation import choose_few_shot_thresholds, choose_thresholds
 
 logger = logging.getLogger("spikeinterface_esort")
 
@@ -306,11 +306,19 @@ def fit_model(
             params={k: v for k, v in params.items() if k not in MODEL_PARAMS_EXCLUDED},
         )
     with timer("validation"):
-        if params["annotated_spikes_per_unit"] is not None:
-            logger.info("validation: few-shot training holds no annotation out; thresholds are not chosen on data")
-        validation = choose_thresholds(
-            model, training_recording, annotations, (split.split, split.stop), params, chunk_size, progress_bar
-        )
+        k = params["annotated_spikes_per_unit"]
+        if k is not None and params["detection_threshold"] == "auto":
+            logger.info("validation: few-shot training holds no annotation out; thresholds at the valley of each "
+                        "unit's probabilities on the training window")
+            shots = first_spikes_per_unit(annotations, split.split, k)
+            validation = choose_few_shot_thresholds(
+                model, training_recording, annotations, shots, (split.start, split.split), params, chunk_size,
+                progress_bar,
+            )
+        else:
+            validation = choose_thresholds(
+                model, training_recording, annotations, (split.split, split.stop), params, chunk_size, progress_bar
+            )
         parts = [[int(a), int(b)] for a, b in window.validation_parts()]  # frames of segment 0, not of the window
         validation["frame_ranges"] = parts
         validation["frame_range"] = parts[0] if len(parts) == 1 else None
@@ -380,7 +388,8 @@ def fine_tune_model(
 ) -> ESortModel:
     """Train a new model on ``annotations`` of ``recording`` from ``model``'s backbone (see ``ESortModel.fine_tune``)."""
     params = default_params()
-    params.update({k: v for k, v in model.params.items() if k in PARAMETERS_BY_NAME})
+    # the model's own training settings, except how to freeze layers: that belongs to this fine-tuning
+    params.update({k: v for k, v in model.params.items() if k in PARAMETERS_BY_NAME and k != "freeze_layers"})
     params.update(overrides)
     validate_params(params)
     model.check_recording(recording)

@@ -132,8 +132,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("annotated_spikes_per_unit", None, (int, None), "annotation",
               "Few-shot training: only the first k annotated spikes of each unit in the training window are "
               "positives (negatives still avoid every annotated spike). With k set, no other annotation is used: "
-              "no held-out validation (training runs all epochs) and thresholds are detection_threshold, or 0.5 "
-              "when 'auto'. None: every annotated spike.", minimum=1),
+              "no held-out validation (training runs all epochs) and thresholds are detection_threshold, or with "
+              "'auto' each unit's at the gap between its weak and strong responses on the training window "
+              "(docs/transfer-learning.md). None: every annotated spike.", minimum=1),
     Parameter("min_spikes_per_unit", 10, (int,), "annotation",
               "Annotated units with fewer spikes in the training window are dropped (the log lists them).",
               minimum=1),
@@ -156,9 +157,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               "probe layout and sampling rate, else the closest: its temporal filters transfer to any probe), a "
               "shipped name (see pretrained/), a path to a backbone .pt (with its .json card) or to an esort "
               "model / sorter output folder; None trains from scratch. The log lists what was transferred."),
-    Parameter("freeze_layers", "none", (str,), "training",
+    Parameter("freeze_layers", "auto", (str,), "training",
               "Layers not updated while training from pretrained_weights: 'none', 'temporal' (the two "
-              "temporal filters) or 'backbone' (all but the new head).", choices=("none", "temporal", "backbone")),
+              "temporal filters), 'backbone' (all but the new head) or 'auto' ('backbone' for few-shot training, "
+              "annotated_spikes_per_unit set, when the whole backbone was transferred; else 'none'; "
+              "docs/transfer-learning.md).", choices=("auto", "none", "temporal", "backbone")),
     Parameter("jitter_ms", 0.17, (float,), "training",
               "Windows centred within +-jitter_ms of an annotated spike are positives (5 samples at 30 kHz).",
               minimum=0.0),

@@ -364,7 +364,7 @@ def fit_network(
 ) -> tuple[ESortNetwork, dict]:
     """A new network for the traces' channels and the annotated units, initialised from ``seed`` (and from
     ``backbone`` where its layers transfer, see ``transfer``), with ``freeze_layers`` frozen, and trained."""
-    from .transfer import freeze_layers, transfer_backbone
+    from .transfer import freeze_layers, resolve_freeze, transfer_backbone
 
     torch.manual_seed(params["seed"])
     network = ESortNetwork(
@@ -380,10 +380,15 @@ def fit_network(
         network.set_channel_locations(channel_locations)
         logger.info("training: local spatial filter, each feature reads %d of %d channels on average (radius %g um)",
                     round(float(network.spatial_mask.sum(1).mean())), network.num_channels, network.spatial_radius_um)
-    frozen = freeze_layers(network, params["freeze_layers"])
+    k = params["annotated_spikes_per_unit"]
+    freeze = resolve_freeze(params["freeze_layers"], transfer, few_shot=k is not None)
+    if freeze != params["freeze_layers"]:
+        logger.info("training: freeze_layers %s -> %s (%s)", params["freeze_layers"], freeze,
+                    "few-shot training from a whole transferred backbone" if freeze == "backbone" else
+                    "not few-shot from a whole transferred backbone")
+    frozen = freeze_layers(network, freeze)
     if frozen:
         logger.info("training: frozen layers %s", frozen)
-    k = params["annotated_spikes_per_unit"]
     train_sampler, validation_sampler = make_samplers(annotations, split, window_samples, jitter, k)
     held_out = "" if validation_sampler is None else f", {len(validation_sampler.anchor_samples)} held out"
     logger.info(

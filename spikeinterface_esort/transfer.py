@@ -35,7 +35,7 @@ logger = logging.getLogger("spikeinterface_esort")
 
 TEMPORAL_LAYERS = ("temporal1", "temporal2")
 CHANNEL_LAYERS = ("temporal1_norm", "temporal2_norm", "spatial", "spatial_norm")
-FREEZE_CHOICES = ("none", "temporal", "backbone")
+FREEZE_CHOICES = ("auto", "none", "temporal", "backbone")
 LAYOUT_TOLERANCE_UM = 0.5
 
 
@@ -281,10 +281,20 @@ def transfer_backbone(
     return report
 
 
+def resolve_freeze(freeze: str, transfer: dict | None, few_shot: bool) -> str:
+    """``freeze_layers`` with 'auto' resolved: 'backbone' for few-shot training (a handful of spikes per unit, where
+    training every layer forgets what the backbone knew) when every backbone layer was transferred (none trained from
+    scratch or adapted), else 'none'."""
+    if freeze != "auto":
+        return freeze
+    whole = transfer is not None and set(transfer["transferred"]) >= {*TEMPORAL_LAYERS, *CHANNEL_LAYERS}
+    return "backbone" if few_shot and whole else "none"
+
+
 def freeze_layers(network: ESortNetwork, freeze: str) -> list[str]:
     """Stop gradients of the temporal filters ('temporal') or of the whole backbone ('backbone');
-    returns the frozen layer names."""
-    if freeze not in FREEZE_CHOICES:
+    returns the frozen layer names ('auto': see ``resolve_freeze``, resolved before)."""
+    if freeze not in FREEZE_CHOICES or freeze == "auto":
         raise ValueError(f"esort parameter 'freeze_layers' must be one of {FREEZE_CHOICES}, got {freeze!r}.")
     layers = {"none": (), "temporal": TEMPORAL_LAYERS, "backbone": (*TEMPORAL_LAYERS, *CHANNEL_LAYERS)}[freeze]
     for layer in layers:

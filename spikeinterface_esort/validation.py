@@ -26,6 +26,8 @@ logger = logging.getLogger("spikeinterface_esort")
 DEFAULT_THRESHOLD = 0.5
 CANDIDATE_FLOOR = 0.02
 MIN_VALIDATION_SPIKES = 3
+VALLEY_SEARCH_FLOOR = 0.1  # few-shot: the valley is searched between this probability and the shots' median
+VALLEY_BINS = 50
 
 
 def nearest_index(reference: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -121,3 +123,64 @@ def choose_thresholds(
         "chosen per unit" if fixed is None else f"fixed at {fixed}",
     )
     return dict(frame_range=[int(start), int(stop)], tolerance_samples=tolerance, units=report)
+
+
+def valley_threshold(values: np.ndarray, shot_values: np.ndarray, bins: int = VALLEY_BINS,
+                     low: float = VALLEY_SEARCH_FLOOR) -> float | None:
+    """Few-shot threshold of one unit: the centre of the emptiest bin of a histogram of its candidate probabilities
+    ``values`` (``bins`` bins over [0, 1]) between ``low`` and the median probability of its annotated shots
+    ``shot_values`` (the lowest such bin on ties): the gap between the network's many weak responses to other
+    events and its responses to the unit's spikes. None without shots above ``low``."""
+    if len(shot_values) == 0:
+        return None
+    top = float(np.median(shot_values))
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    inside = np.flatnonzero((centres >= low) & (centres < top))
+    if len(inside) == 0:
+        return None
+    return float(centres[inside[np.argmin(counts[inside])]])
+
+
+def choose_few_shot_thresholds(
+    model: ESortModel,
+    recording: BaseRecording,
+    annotations: Annotations,
+    shots: np.ndarray,
+    frame_range: tuple[int, int],
+    params: dict,
+    chunk_size: int,
+    progress_bar: bool,
+) -> dict:
+    """Set ``model.thresholds`` after few-shot training, where no annotation is held out: each unit's
+    ``valley_threshold`` of its candidate probabilities on ``frame_range`` (the training part), its shots being the
+    annotated spikes where ``shots`` is True; ``DEFAULT_THRESHOLD`` for a unit none of whose shots is found. Returns
+    the validation report (no held-out scores: ``validation_spikes`` 0; ``shots_found`` per unit)."""
+    start, stop = frame_range
+    tolerance = int(round(params["match_tolerance_ms"] * recording.get_sampling_frequency() / 1000.0))
+    detected = detect_in_recording(
+        model, recording, chunk_size, progress_bar, segment_indices=[0], frame_range=(start, stop),
+        thresholds=np.full(annotations.num_units, CANDIDATE_FLOOR, dtype="float32"), stride=params["inference_stride"],
+    )
+    thresholds = np.full(annotations.num_units, DEFAULT_THRESHOLD, dtype="float32")
+    report, fallback = [], []
+    for u, unit_id in enumerate(annotations.unit_ids):
+        annotated = annotations.sample_index[shots & (annotations.unit_index == u)]
+        mine = detected.unit_index == u
+        times, values = detected.sample_index[mine], detected.probability[mine]
+        matched = match_candidates(times, values, annotated, tolerance)
+        threshold = valley_threshold(values, values[matched])
+        if threshold is None:
+            fallback.append(unit_id)
+        else:
+            thresholds[u] = threshold
+        report.append(dict(unit_id=unit_id.item() if hasattr(unit_id, "item") else unit_id, validation_spikes=0,
+                           shots_found=int(matched.sum()), threshold=float(thresholds[u]), accuracy=float("nan"),
+                           precision=float("nan"), recall=float("nan")))
+    model.thresholds = thresholds
+    logger.info("validation: few-shot thresholds of %d units from the valley of their probabilities on %.1f s of the "
+                "training window%s", len(report), (stop - start) / recording.get_sampling_frequency(),
+                f"; {len(fallback)} unit(s) at {DEFAULT_THRESHOLD} (no shot found above {VALLEY_SEARCH_FLOOR}): "
+                f"{fallback}" if fallback else "")
+    return dict(frame_range=[int(start), int(stop)], tolerance_samples=tolerance, units=report,
+                threshold_rule="few-shot valley")

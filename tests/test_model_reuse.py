@@ -53,6 +53,7 @@ def test_fine_tune_attaches_a_new_head_for_the_new_annotations(small_recording, 
     np.testing.assert_array_equal(ESortModel.load(small_esort_run[0]).thresholds, model.thresholds)
     log = (tmp_path / "tuned" / "esort.log").read_text()
     assert "transfer: from backbone the saved model" in log and "first 20 per unit" in log
+    assert "freeze_layers auto -> backbone" in log  # few-shot from the whole saved backbone: only the head trains
     assert (tmp_path / "tuned" / "model" / "weights.pt").is_file()
     sorting = tuned.sort(recording)
     assert list(sorting.unit_ids) == list(kept) and sorting.to_spike_vector().size > 0

@@ -3,7 +3,7 @@ probabilities that maximises accuracy TP / (TP + FP + FN) there."""
 
 import numpy as np
 
-from spikeinterface_esort.validation import CANDIDATE_FLOOR, best_threshold, match_candidates
+from spikeinterface_esort.validation import CANDIDATE_FLOOR, best_threshold, match_candidates, valley_threshold
 
 
 def test_threshold_falls_halfway_between_the_last_kept_and_the_first_rejected_candidate():
@@ -44,3 +44,16 @@ def test_each_annotated_spike_matches_its_most_probable_nearby_candidate_once():
     annotated = np.array([102, 305, 700])
     matched = match_candidates(candidates, values, annotated, tolerance=12)
     np.testing.assert_array_equal(matched, [False, True, True, False])
+
+
+def test_few_shot_threshold_falls_in_the_gap_between_weak_responses_and_the_shots():
+    """Many weak candidates (other events) under 0.3, the unit's spikes around 0.8: the threshold is in the empty
+    stretch between them, not at the fixed 0.5 nor under the weak responses; none without a shot above 0.1."""
+    rng = np.random.default_rng(0)
+    weak = rng.uniform(0.02, 0.3, 500)
+    spikes = rng.uniform(0.7, 0.95, 60)
+    values = np.concatenate([weak, spikes])
+    threshold = valley_threshold(values, spikes[:10])
+    assert 0.3 < threshold < 0.7
+    assert valley_threshold(values, np.array([])) is None
+    assert valley_threshold(values, np.array([0.05, 0.08])) is None
