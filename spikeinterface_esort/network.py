@@ -407,11 +407,16 @@ class LocalSpatialProduct(torch.autograd.Function):
 class GatheredFirstFilter(torch.autograd.Function):
     """The first temporal filter's product of the windows of (samples, channels) ``traces`` centred at ``centres``:
     ``weight`` (f1, window_samples) times the windows (window_samples, batch * channels), as (f1, batch * channels),
-    the windows gathered ``WINDOWS_PER_BLOCK`` at a time (and again in backward, for the weight's gradient: the
-    traces get none), so that they stay in the cache. Under ``torch.autocast`` the products run in the autocast
-    precision."""
+    the windows gathered ``WINDOWS_PER_BLOCK`` at a time on CPU (and again in backward, for the weight's gradient:
+    the traces get none), so that they stay in the cache; on a GPU the whole batch at once (one launch per
+    operation). Under ``torch.autocast`` the products run in the autocast precision."""
 
     WINDOWS_PER_BLOCK = 32
+
+    @staticmethod
+    def block_windows(device: torch.device, count: int) -> int:
+        """Windows gathered at once: ``WINDOWS_PER_BLOCK`` on CPU, all ``count`` on a GPU."""
+        return GatheredFirstFilter.WINDOWS_PER_BLOCK if device.type == "cpu" else max(1, count)
 
     @staticmethod
     def forward(ctx, traces, centres, weight):
@@ -421,8 +426,9 @@ class GatheredFirstFilter(torch.autograd.Function):
         offsets = torch.arange(samples, device=traces.device) - samples // 2
         w = weight.to(dtype)
         out = torch.empty((f1, len(centres), channels), dtype=dtype, device=traces.device)
-        for first in range(0, len(centres), GatheredFirstFilter.WINDOWS_PER_BLOCK):
-            block = centres[first : first + GatheredFirstFilter.WINDOWS_PER_BLOCK]
+        step = GatheredFirstFilter.block_windows(traces.device, len(centres))
+        for first in range(0, len(centres), step):
+            block = centres[first : first + step]
             windows = traces.index_select(0, (offsets[:, None] + block[None, :]).reshape(-1)).to(dtype)
             out[:, first : first + len(block)] = (w @ windows.reshape(samples, -1)).reshape(f1, len(block), channels)
         ctx.save_for_backward(traces, centres, offsets)
@@ -436,8 +442,9 @@ class GatheredFirstFilter(torch.autograd.Function):
         grad = grad.reshape(grad.shape[0], len(centres), channels)
         grad_weight = torch.zeros((grad.shape[0], samples), dtype=torch.promote_types(grad.dtype, torch.float32),
                                   device=grad.device)
-        for first in range(0, len(centres), GatheredFirstFilter.WINDOWS_PER_BLOCK):
-            block = centres[first : first + GatheredFirstFilter.WINDOWS_PER_BLOCK]
+        step = GatheredFirstFilter.block_windows(traces.device, len(centres))
+        for first in range(0, len(centres), step):
+            block = centres[first : first + step]
             windows = traces.index_select(0, (offsets[:, None] + block[None, :]).reshape(-1)).to(grad.dtype)
             part = grad[:, first : first + len(block)].reshape(grad.shape[0], -1)  # (f1, block * C)
             grad_weight += (part @ windows.reshape(samples, -1).t()).to(grad_weight.dtype)
