@@ -404,6 +404,15 @@ class LocalSpatialProduct(torch.autograd.Function):
         return (grad_features, grad_weight.reshape(w.shape[0], -1), grad.sum(0).to(weight_dtype), None, None, None)
 
 
+def gather_windows(traces: torch.Tensor, centres: torch.Tensor, window_samples: int,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Windows (window_samples, batch, channels) of (samples, channels) traces centred at ``centres``, as ``dtype``
+    (the layout of ``ESortNetwork.forward_windows``: one gather, no transposed copy)."""
+    offsets = torch.arange(window_samples, device=traces.device) - window_samples // 2
+    rows = (offsets[:, None] + centres[None, :]).reshape(-1)  # index_select: faster than indexing on CPU
+    return traces.index_select(0, rows).reshape(window_samples, len(centres), -1).to(dtype)
+
+
 class GatheredFirstFilter(torch.autograd.Function):
     """The first temporal filter's product of the windows of (samples, channels) ``traces`` centred at ``centres``:
     ``weight`` (f1, window_samples) times the windows (window_samples, batch * channels), as (f1, batch * channels),
@@ -423,30 +432,27 @@ class GatheredFirstFilter(torch.autograd.Function):
         dtype = _autocast_dtype(traces.device.type) or weight.dtype
         f1, samples = weight.shape
         channels = traces.shape[1]
-        offsets = torch.arange(samples, device=traces.device) - samples // 2
         w = weight.to(dtype)
         out = torch.empty((f1, len(centres), channels), dtype=dtype, device=traces.device)
         step = GatheredFirstFilter.block_windows(traces.device, len(centres))
         for first in range(0, len(centres), step):
-            block = centres[first : first + step]
-            windows = traces.index_select(0, (offsets[:, None] + block[None, :]).reshape(-1)).to(dtype)
-            out[:, first : first + len(block)] = (w @ windows.reshape(samples, -1)).reshape(f1, len(block), channels)
-        ctx.save_for_backward(traces, centres, offsets)
-        ctx.weight_dtype = weight.dtype
+            windows = gather_windows(traces, centres[first : first + step], samples, dtype)  # (T, block, C)
+            out[:, first : first + windows.shape[1]] = (w @ windows.reshape(samples, -1)).reshape(f1, -1, channels)
+        ctx.save_for_backward(traces, centres)
+        ctx.weight_dtype, ctx.samples = weight.dtype, samples
         return out.reshape(f1, -1)
 
     @staticmethod
     def backward(ctx, grad):
-        traces, centres, offsets = ctx.saved_tensors
-        samples, channels = len(offsets), traces.shape[1]
-        grad = grad.reshape(grad.shape[0], len(centres), channels)
-        grad_weight = torch.zeros((grad.shape[0], samples), dtype=torch.promote_types(grad.dtype, torch.float32),
+        traces, centres = ctx.saved_tensors
+        f1, channels, samples = grad.shape[0], traces.shape[1], ctx.samples
+        grad = grad.reshape(f1, len(centres), channels)
+        grad_weight = torch.zeros((f1, samples), dtype=torch.promote_types(grad.dtype, torch.float32),
                                   device=grad.device)
         step = GatheredFirstFilter.block_windows(traces.device, len(centres))
         for first in range(0, len(centres), step):
-            block = centres[first : first + step]
-            windows = traces.index_select(0, (offsets[:, None] + block[None, :]).reshape(-1)).to(grad.dtype)
-            part = grad[:, first : first + len(block)].reshape(grad.shape[0], -1)  # (f1, block * C)
+            windows = gather_windows(traces, centres[first : first + step], samples, grad.dtype)  # (T, block, C)
+            part = grad[:, first : first + windows.shape[1]].reshape(f1, -1)  # (f1, block * C)
             grad_weight += (part @ windows.reshape(samples, -1).t()).to(grad_weight.dtype)
         return None, None, grad_weight.to(ctx.weight_dtype)
 

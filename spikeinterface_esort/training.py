@@ -181,15 +181,6 @@ def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np
     return float(min(drift_augmentation_um, depth / 4.0))
 
 
-def gather_windows(traces: torch.Tensor, centres: torch.Tensor, window_samples: int,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Windows (window_samples, batch, channels) of (samples, channels) traces centred at ``centres``, as ``dtype``
-    (the layout of ``ESortNetwork.forward_windows``: one gather, no transposed copy)."""
-    offsets = torch.arange(window_samples, device=traces.device) - window_samples // 2
-    rows = (offsets[:, None] + centres[None, :]).reshape(-1)  # index_select: faster than indexing on CPU
-    return traces.index_select(0, rows).reshape(window_samples, len(centres), -1).to(dtype)
-
-
 def _batches(num: int, batch_size: int):
     for start in range(0, num, batch_size):
         stop = min(start + batch_size, num)

@@ -294,9 +294,10 @@ def resolve_freeze(freeze: str, transfer: dict | None, few_shot: bool) -> str:
 def freeze_layers(network: ESortNetwork, freeze: str) -> list[str]:
     """Stop gradients of the temporal filters ('temporal') or of the whole backbone ('backbone');
     returns the frozen layer names ('auto': see ``resolve_freeze``, resolved before)."""
-    if freeze not in FREEZE_CHOICES or freeze == "auto":
+    frozen_by_choice = {"none": (), "temporal": TEMPORAL_LAYERS, "backbone": (*TEMPORAL_LAYERS, *CHANNEL_LAYERS)}
+    if freeze not in frozen_by_choice:
         raise ValueError(f"esort parameter 'freeze_layers' must be one of {FREEZE_CHOICES}, got {freeze!r}.")
-    layers = {"none": (), "temporal": TEMPORAL_LAYERS, "backbone": (*TEMPORAL_LAYERS, *CHANNEL_LAYERS)}[freeze]
+    layers = frozen_by_choice[freeze]
     for layer in layers:
         for p in getattr(network, layer).parameters():
             p.requires_grad_(False)

@@ -75,6 +75,25 @@ def best_threshold(values: np.ndarray, matched: np.ndarray, num_annotated: int, 
     return float((v[k] + next_value) / 2)
 
 
+def _candidates(model: ESortModel, recording: BaseRecording, num_units: int, frame_range: tuple[int, int],
+                params: dict, chunk_size: int, progress_bar: bool):
+    """Every smoothed local maximum at or above ``CANDIDATE_FLOOR`` on ``frame_range`` of segment 0, and the
+    matching tolerance in samples."""
+    tolerance = int(round(params["match_tolerance_ms"] * recording.get_sampling_frequency() / 1000.0))
+    detected = detect_in_recording(
+        model, recording, chunk_size, progress_bar, segment_indices=[0], frame_range=frame_range,
+        thresholds=np.full(num_units, CANDIDATE_FLOOR, dtype="float32"), stride=params["inference_stride"],
+    )
+    return detected, tolerance
+
+
+def _unit_candidates(detected, unit: int, annotated: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of ``unit``'s candidates, and which match its ``annotated`` spikes (``match_candidates``)."""
+    mine = detected.unit_index == unit
+    values = detected.probability[mine]
+    return values, match_candidates(detected.sample_index[mine], values, annotated, tolerance)
+
+
 def choose_thresholds(
     model: ESortModel,
     recording: BaseRecording,
@@ -87,21 +106,15 @@ def choose_thresholds(
     """Set ``model.thresholds`` (``detection_threshold`` 'auto') and return the validation report:
     per unit, annotated spikes, threshold, accuracy, precision and recall on ``frame_range`` of segment 0."""
     start, stop = frame_range
-    tolerance = int(round(params["match_tolerance_ms"] * recording.get_sampling_frequency() / 1000.0))
-    floor = np.full(annotations.num_units, CANDIDATE_FLOOR, dtype="float32")
-    detected = detect_in_recording(
-        model, recording, chunk_size, progress_bar, segment_indices=[0], frame_range=(start, stop), thresholds=floor,
-        stride=params["inference_stride"],
-    )
+    detected, tolerance = _candidates(model, recording, annotations.num_units, (start, stop), params, chunk_size,
+                                      progress_bar)
     in_range = (annotations.sample_index >= start) & (annotations.sample_index < stop)
     fixed = params["detection_threshold"] if not isinstance(params["detection_threshold"], str) else None
     thresholds = np.full(annotations.num_units, DEFAULT_THRESHOLD if fixed is None else fixed, dtype="float32")
     report = []
     for u, unit_id in enumerate(annotations.unit_ids):
         annotated = annotations.sample_index[in_range & (annotations.unit_index == u)]
-        mine = detected.unit_index == u
-        times, values = detected.sample_index[mine], detected.probability[mine]
-        matched = match_candidates(times, values, annotated, tolerance)
+        values, matched = _unit_candidates(detected, u, annotated, tolerance)
         entry = dict(unit_id=unit_id.item() if hasattr(unit_id, "item") else unit_id, validation_spikes=int(len(annotated)))
         if fixed is None and len(annotated) >= MIN_VALIDATION_SPIKES and len(values) > 0:
             thresholds[u] = best_threshold(values, matched, len(annotated))
@@ -157,18 +170,13 @@ def choose_few_shot_thresholds(
     annotated spikes where ``shots`` is True; ``DEFAULT_THRESHOLD`` for a unit none of whose shots is found. Returns
     the validation report (no held-out scores: ``validation_spikes`` 0; ``shots_found`` per unit)."""
     start, stop = frame_range
-    tolerance = int(round(params["match_tolerance_ms"] * recording.get_sampling_frequency() / 1000.0))
-    detected = detect_in_recording(
-        model, recording, chunk_size, progress_bar, segment_indices=[0], frame_range=(start, stop),
-        thresholds=np.full(annotations.num_units, CANDIDATE_FLOOR, dtype="float32"), stride=params["inference_stride"],
-    )
+    detected, tolerance = _candidates(model, recording, annotations.num_units, (start, stop), params, chunk_size,
+                                      progress_bar)
     thresholds = np.full(annotations.num_units, DEFAULT_THRESHOLD, dtype="float32")
     report, fallback = [], []
     for u, unit_id in enumerate(annotations.unit_ids):
         annotated = annotations.sample_index[shots & (annotations.unit_index == u)]
-        mine = detected.unit_index == u
-        times, values = detected.sample_index[mine], detected.probability[mine]
-        matched = match_candidates(times, values, annotated, tolerance)
+        values, matched = _unit_candidates(detected, u, annotated, tolerance)
         threshold = valley_threshold(values, values[matched])
         if threshold is None:
             fallback.append(unit_id)

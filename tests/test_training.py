@@ -5,7 +5,8 @@ import pytest
 import torch
 from probeinterface import generate_multi_columns_probe
 
-from spikeinterface_esort.training import DriftAugmentation, WindowSampler, gather_windows
+from spikeinterface_esort.network import gather_windows
+from spikeinterface_esort.training import DriftAugmentation, WindowSampler
 
 
 def test_positive_windows_are_labelled_with_every_unit_firing_within_the_jitter():

@@ -40,9 +40,9 @@ def measure(channels: int, batches: int, rounds: int, threads: int, seed: int = 
     """Median milliseconds per training batch of each form of ``FORMS`` at ``channels`` channels."""
     import torch
 
-    from ..network import ESortNetwork, network_window_samples
+    from ..network import ESortNetwork, gather_windows, network_window_samples
     from ..parameters import default_params
-    from ..training import DriftAugmentation, drift_augmentation_range, gather_windows
+    from ..training import DriftAugmentation, drift_augmentation_range
 
     torch.set_num_threads(threads)
     params = default_params()
