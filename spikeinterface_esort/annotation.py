@@ -4,17 +4,21 @@ The training window is ``train_duration_s`` seconds of the first segment, from `
 piece, or on a long segment ``train_pieces`` pieces spread evenly to the segment's end, so that the
 network sees every unit wherever the probe has drifted. Annotations come from a saved SpikeInterface
 sorting (``annotation_sorting_path``: curated sorting or ground truth) or, failing that, from a
-SpikeInterface sorter run on the window's pieces end to end through ``run_sorter`` (``annotation_sorter``).
+SpikeInterface sorter run on the window's pieces end to end through ``run_sorter`` (``annotation_sorter``),
+or several, whose agreement is the annotation (``ensemble``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from spikeinterface.core import BaseRecording, BaseSorting
+
+from .ensemble import combine_sortings
 
 logger = logging.getLogger("spikeinterface_esort")
 
@@ -97,12 +101,15 @@ class TrainingWindow:
 @dataclass
 class Annotations:
     """Annotated spikes in the training window: sample indices in the training recording (see
-    ``TrainingWindow``) and unit indices into ``unit_ids``, sorted by sample."""
+    ``TrainingWindow``) and unit indices into ``unit_ids``, sorted by sample. ``uncertain`` (None: none) marks
+    spikes that are neither positives nor negatives in training and are not counted when thresholds are chosen
+    (a teacher ensemble's spikes that only one sorter claims)."""
 
     sample_index: np.ndarray
     unit_index: np.ndarray
     unit_ids: np.ndarray
     source: str
+    uncertain: np.ndarray | None = None
 
     @property
     def num_units(self) -> int:
@@ -110,6 +117,13 @@ class Annotations:
 
     def spike_counts(self) -> np.ndarray:
         return np.bincount(self.unit_index, minlength=self.num_units)
+
+    @property
+    def certain(self) -> np.ndarray:
+        """Mask of the spikes that are positives (all but the ``uncertain``)."""
+        if self.uncertain is None:
+            return np.ones(len(self.sample_index), dtype=bool)
+        return ~self.uncertain
 
 
 def _cut(recording: BaseRecording, parts: list[tuple[int, int]]) -> BaseRecording:
@@ -233,20 +247,44 @@ def sorting_to_annotations(sorting: BaseSorting, window: TrainingWindow, source:
     is of the window's pieces end to end (``TrainingWindow.teacher_recording``), else of the whole segment."""
     spikes = sorting.to_spike_vector()
     spikes = spikes[spikes["segment_index"] == 0]
-    frames = spikes["sample_index"].astype(np.int64)
-    units = spikes["unit_index"].astype(np.int64)
+    return spikes_to_annotations(spikes["sample_index"], spikes["unit_index"], np.asarray(sorting.unit_ids), window,
+                                 source, teacher)
+
+
+def spikes_to_annotations(frames: np.ndarray, units: np.ndarray, unit_ids: np.ndarray, window: TrainingWindow,
+                          source: str, teacher: bool, uncertain: np.ndarray | None = None) -> Annotations:
+    """Spikes (frames of segment 0, or of the window's pieces end to end with ``teacher``) in ``window``, in
+    training-recording frames."""
+    frames, units = np.asarray(frames, dtype=np.int64), np.asarray(units, dtype=np.int64)
     if teacher:
         inside, frames = window.from_pieces_frames(frames)
         units = units[inside]
+        uncertain = None if uncertain is None else uncertain[inside]
     inside, frames = window.to_training_frames(frames)
     units = units[inside]
+    uncertain = None if uncertain is None else uncertain[inside]
     order = np.argsort(frames, kind="stable")
     return Annotations(
         sample_index=frames[order],
         unit_index=units[order],
-        unit_ids=np.asarray(sorting.unit_ids),
+        unit_ids=np.asarray(unit_ids),
         source=source,
+        uncertain=None if uncertain is None else uncertain[order],
     )
+
+
+def teacher_names(params: dict) -> list[str]:
+    """The annotation sorters: ``annotation_sorter`` as a list."""
+    name = params["annotation_sorter"]
+    return [name] if isinstance(name, str) else list(name)
+
+
+def teacher_params(params: dict, name: str) -> dict:
+    """``run_sorter`` parameters of annotation sorter ``name``: ``annotation_sorter_params``, or with several
+    sorters its entry ``name`` (none: the sorter's defaults)."""
+    if isinstance(params["annotation_sorter"], str):
+        return dict(params["annotation_sorter_params"])
+    return dict(params["annotation_sorter_params"].get(name, {}))
 
 
 def check_annotation_source(recording: BaseRecording, params: dict) -> None:
@@ -258,29 +296,38 @@ def check_annotation_source(recording: BaseRecording, params: dict) -> None:
     if path is not None:
         check_sorting_matches(load_annotation_sorting(path), recording, f"annotation sorting {path}")
         return
-    name = params["annotation_sorter"]
-    if name == "esort":
-        raise ValueError("esort parameter 'annotation_sorter' cannot be 'esort' itself.")
-    if name not in installed_sorters():
-        raise ValueError(
-            f"esort parameter 'annotation_sorter'={name!r} is not installed here; installed sorters: "
-            f"{installed_sorters()}. Install it, choose another, or give 'annotation_sorting_path'."
-        )
+    names = teacher_names(params)
+    if len(names) == 0 or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"esort parameter 'annotation_sorter' must be a sorter name or a list of different sorter "
+                         f"names, got {params['annotation_sorter']!r}.")
+    if not isinstance(params["annotation_sorter"], str):
+        extra = sorted(set(params["annotation_sorter_params"]) - set(names))
+        if extra:
+            raise ValueError(
+                f"esort parameter 'annotation_sorter_params': with several annotation sorters it maps each sorter "
+                f"name to its run_sorter parameters; {extra} is not one of {names}."
+            )
+    for name in names:
+        if name == "esort":
+            raise ValueError("esort parameter 'annotation_sorter' cannot be 'esort' itself.")
+        if name not in installed_sorters():
+            raise ValueError(
+                f"esort parameter 'annotation_sorter'={name!r} is not installed here; installed sorters: "
+                f"{installed_sorters()}. Install it, choose another, or give 'annotation_sorting_path'."
+            )
 
 
 def run_annotation_sorter(
-    recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool
+    recording: BaseRecording, window: TrainingWindow, name: str, sorter_params: dict, folder: Path, verbose: bool
 ) -> BaseSorting:
-    """Run ``annotation_sorter`` with ``run_sorter`` on the training window's pieces of segment 0, end to end."""
+    """Run sorter ``name`` with ``run_sorter`` on the training window's pieces of segment 0, end to end."""
     from spikeinterface.sorters import run_sorter
 
-    name = params["annotation_sorter"]
     window_recording = window.teacher_recording(recording)
     logger.info("annotation: running %s on %s of segment 0", name, window.describe(recording.sampling_frequency))
     try:
         return run_sorter(
-            name, window_recording, folder=folder, remove_existing_folder=True, verbose=verbose,
-            **params["annotation_sorter_params"],
+            name, window_recording, folder=folder, remove_existing_folder=True, verbose=verbose, **sorter_params,
         )
     except Exception as err:
         raise RuntimeError(
@@ -291,8 +338,8 @@ def run_annotation_sorter(
 
 
 def drop_small_units(annotations: Annotations, min_spikes: int) -> Annotations:
-    """Remove units with fewer than ``min_spikes`` annotated spikes; log which."""
-    counts = annotations.spike_counts()
+    """Remove units with fewer than ``min_spikes`` annotated spikes (not counting the uncertain); log which."""
+    counts = np.bincount(annotations.unit_index[annotations.certain], minlength=annotations.num_units)
     keep_units = np.flatnonzero(counts >= min_spikes)
     dropped = [(annotations.unit_ids[u], int(counts[u])) for u in np.flatnonzero(counts < min_spikes)]
     if dropped:
@@ -308,29 +355,48 @@ def drop_small_units(annotations: Annotations, min_spikes: int) -> Annotations:
         unit_index=remap[annotations.unit_index[keep]],
         unit_ids=annotations.unit_ids[keep_units],
         source=annotations.source,
+        uncertain=None if annotations.uncertain is None else annotations.uncertain[keep],
     )
 
 
 def annotate(
     recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool = False
 ) -> Annotations:
-    """Annotated spikes of the training window, from ``annotation_sorting_path`` or ``annotation_sorter``."""
+    """Annotated spikes of the training window, from ``annotation_sorting_path`` or ``annotation_sorter`` (one
+    sorter, or several combined by ``ensemble.combine_sortings``)."""
     if params["annotation_sorting_path"] is not None:
         path = params["annotation_sorting_path"]
         sorting = load_annotation_sorting(path)
         check_sorting_matches(sorting, recording, f"annotation sorting {path}")
         annotations = sorting_to_annotations(sorting, window, source=f"sorting folder {path}")
-    else:
-        sorting = run_annotation_sorter(recording, window, params, Path(folder) / "annotation_sorter", verbose)
-        annotations = sorting_to_annotations(sorting, window, source=f"sorter {params['annotation_sorter']}", teacher=True)
+        return checked_annotations(annotations, window, params)
+    names = teacher_names(params)
+    if len(names) == 1:
+        sorting = run_annotation_sorter(recording, window, names[0], teacher_params(params, names[0]),
+                                        Path(folder) / "annotation_sorter", verbose)
+        annotations = sorting_to_annotations(sorting, window, source=f"sorter {names[0]}", teacher=True)
+        return checked_annotations(annotations, window, params)
+    sortings = {
+        name: run_annotation_sorter(recording, window, name, teacher_params(params, name),
+                                    Path(folder) / "annotation_sorter" / name, verbose)
+        for name in names
+    }
+    combined = combine_sortings(sortings, params["ensemble_unmatched_units"])
+    (Path(folder) / "annotation_sorter" / "ensemble.json").write_text(json.dumps(dict(
+        combined.report, units=[dict(unit_id=i, sources={k: str(v) for k, v in s.items()})
+                                for i, s in enumerate(combined.sources)],
+    ), indent=2, default=str), encoding="utf8")
+    annotations = spikes_to_annotations(combined.sample_index, combined.unit_index, combined.unit_ids, window,
+                                        f"sorters {' + '.join(names)}", teacher=True, uncertain=combined.uncertain)
     return checked_annotations(annotations, window, params)
 
 
 def checked_annotations(annotations: Annotations, window: TrainingWindow, params: dict) -> Annotations:
     """``annotations`` without units under ``min_spikes_per_unit``; raises ``ValueError`` when nothing is left."""
     logger.info(
-        "annotation: %d spikes of %d units from %s", len(annotations.sample_index), annotations.num_units,
+        "annotation: %d spikes of %d units from %s%s", len(annotations.sample_index), annotations.num_units,
         annotations.source,
+        "" if annotations.uncertain is None else f" ({int(annotations.uncertain.sum())} uncertain)",
     )
     if len(annotations.sample_index) == 0:
         raise ValueError(

@@ -313,10 +313,11 @@ def evaluate_loss(network: ESortNetwork, traces: torch.Tensor, windows: tuple, b
 
 
 def first_spikes_per_unit(annotations: Annotations, stop: int, k: int) -> np.ndarray:
-    """Mask of the first ``k`` annotated spikes (in time) of each unit among those before frame ``stop``."""
+    """Mask of the first ``k`` annotated spikes (in time, uncertain ones left out) of each unit among those before
+    frame ``stop``."""
     mask = np.zeros(len(annotations.sample_index), dtype=bool)
     for u in range(annotations.num_units):
-        mine = np.flatnonzero((annotations.unit_index == u) & (annotations.sample_index < stop))
+        mine = np.flatnonzero((annotations.unit_index == u) & (annotations.sample_index < stop) & annotations.certain)
         mask[mine[:k]] = True
     return mask
 
@@ -328,15 +329,18 @@ def make_samplers(
     jitter: int,
     spikes_per_unit: int | None = None,
 ) -> tuple[WindowSampler, WindowSampler | None]:
-    """Samplers over the traces of the whole training window (index 0 = ``split.start``); with
-    ``spikes_per_unit`` k, only the first k spikes of each unit are positives (few-shot)."""
+    """Samplers over the traces of the whole training window (index 0 = ``split.start``); the uncertain
+    annotated spikes are not positives (nor negatives); with ``spikes_per_unit`` k, only the first k spikes of each
+    unit are positives (few-shot)."""
     samples = annotations.sample_index - split.start
     args = (annotations.unit_index, annotations.num_units)
-    anchors = None if spikes_per_unit is None else first_spikes_per_unit(annotations, split.split, spikes_per_unit)
+    certain = None if annotations.uncertain is None else annotations.certain
+    anchors = certain if spikes_per_unit is None else first_spikes_per_unit(annotations, split.split, spikes_per_unit)
     train = WindowSampler(samples, *args, 0, split.split - split.start, window_samples, jitter, anchors)
     validation = None
     if split.stop > split.split:
-        validation = WindowSampler(samples, *args, split.split - split.start, split.stop - split.start, window_samples, jitter)
+        validation = WindowSampler(samples, *args, split.split - split.start, split.stop - split.start, window_samples,
+                                   jitter, certain)
     return train, validation
 
 

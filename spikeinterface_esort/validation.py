@@ -75,7 +75,7 @@ def best_threshold(values: np.ndarray, matched: np.ndarray, num_annotated: int, 
     return float((v[k] + next_value) / 2)
 
 
-def _candidates(model: ESortModel, recording: BaseRecording, num_units: int, frame_range: tuple[int, int],
+def detect_candidates(model: ESortModel, recording: BaseRecording, num_units: int, frame_range: tuple[int, int],
                 params: dict, chunk_size: int, progress_bar: bool):
     """Every smoothed local maximum at or above ``CANDIDATE_FLOOR`` on ``frame_range`` of segment 0, and the
     matching tolerance in samples."""
@@ -87,11 +87,17 @@ def _candidates(model: ESortModel, recording: BaseRecording, num_units: int, fra
     return detected, tolerance
 
 
-def _unit_candidates(detected, unit: int, annotated: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of ``unit``'s candidates, and which match its ``annotated`` spikes (``match_candidates``)."""
+def _unit_candidates(detected, unit: int, annotated: np.ndarray, tolerance: int,
+                     uncertain: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of ``unit``'s candidates, and which match its ``annotated`` spikes (``match_candidates``);
+    candidates that match none of them but match one of its ``uncertain`` spikes are left out."""
     mine = detected.unit_index == unit
-    values = detected.probability[mine]
-    return values, match_candidates(detected.sample_index[mine], values, annotated, tolerance)
+    samples, values = detected.sample_index[mine], detected.probability[mine]
+    matched = match_candidates(samples, values, annotated, tolerance)
+    if uncertain is not None and len(uncertain):
+        keep = matched | ~match_candidates(samples, values, uncertain, tolerance)
+        values, matched = values[keep], matched[keep]
+    return values, matched
 
 
 def choose_thresholds(
@@ -106,15 +112,16 @@ def choose_thresholds(
     """Set ``model.thresholds`` (``detection_threshold`` 'auto') and return the validation report:
     per unit, annotated spikes, threshold, accuracy, precision and recall on ``frame_range`` of segment 0."""
     start, stop = frame_range
-    detected, tolerance = _candidates(model, recording, annotations.num_units, (start, stop), params, chunk_size,
+    detected, tolerance = detect_candidates(model, recording, annotations.num_units, (start, stop), params, chunk_size,
                                       progress_bar)
     in_range = (annotations.sample_index >= start) & (annotations.sample_index < stop)
     fixed = params["detection_threshold"] if not isinstance(params["detection_threshold"], str) else None
     thresholds = np.full(annotations.num_units, DEFAULT_THRESHOLD if fixed is None else fixed, dtype="float32")
     report = []
     for u, unit_id in enumerate(annotations.unit_ids):
-        annotated = annotations.sample_index[in_range & (annotations.unit_index == u)]
-        values, matched = _unit_candidates(detected, u, annotated, tolerance)
+        mine = in_range & (annotations.unit_index == u)
+        annotated = annotations.sample_index[mine & annotations.certain]
+        values, matched = _unit_candidates(detected, u, annotated, tolerance, annotations.sample_index[mine & ~annotations.certain])
         entry = dict(unit_id=unit_id.item() if hasattr(unit_id, "item") else unit_id, validation_spikes=int(len(annotated)))
         if fixed is None and len(annotated) >= MIN_VALIDATION_SPIKES and len(values) > 0:
             thresholds[u] = best_threshold(values, matched, len(annotated))
@@ -170,7 +177,7 @@ def choose_few_shot_thresholds(
     annotated spikes where ``shots`` is True; ``DEFAULT_THRESHOLD`` for a unit none of whose shots is found. Returns
     the validation report (no held-out scores: ``validation_spikes`` 0; ``shots_found`` per unit)."""
     start, stop = frame_range
-    detected, tolerance = _candidates(model, recording, annotations.num_units, (start, stop), params, chunk_size,
+    detected, tolerance = detect_candidates(model, recording, annotations.num_units, (start, stop), params, chunk_size,
                                       progress_bar)
     thresholds = np.full(annotations.num_units, DEFAULT_THRESHOLD, dtype="float32")
     report, fallback = [], []
