@@ -59,6 +59,7 @@ STEP_NAMES = {  # timings.json key -> what the step is, in a user's words
     "annotation": "annotating the training window",
     "training": "training the network",
     "validation": "choosing thresholds on held-out annotations",
+    "self-training": "relabelling the window with the network",
     "inference": "sorting the whole recording",
 }
 

@@ -114,11 +114,17 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Folder of a saved SpikeInterface sorting (sorting.save(folder=...)) or of a run_sorter "
               "output, in the recording's time base: its spikes in the training window are the "
               "annotations (a curated sorting or ground truth). When given, it wins over annotation_sorter."),
-    Parameter("annotation_sorter", "spykingcircus2", (str,), "annotation",
+    Parameter("annotation_sorter", "spykingcircus2", (str, list), "annotation",
               "SpikeInterface sorter run with run_sorter on the training window to annotate spikes "
-              "when annotation_sorting_path is None."),
+              "when annotation_sorting_path is None; a list of sorters is a teacher ensemble: their units are "
+              "matched, spikes that two or more claim are positives, spikes only one claims are left out of "
+              "training (docs/real-data.md)."),
     Parameter("annotation_sorter_params", {}, (dict,), "annotation",
-              "Parameters passed to run_sorter for annotation_sorter."),
+              "Parameters passed to run_sorter for annotation_sorter; with a list of sorters, a dict from sorter "
+              "name to its parameters (a sorter not in it runs with its defaults)."),
+    Parameter("ensemble_unmatched_units", "keep", (str,), "annotation",
+              "Teacher ensemble only: a unit that only one of the annotation sorters found is kept (all its "
+              "spikes are positives) or dropped.", choices=("keep", "drop")),
     Parameter("train_start_s", 0.0, (float,), "annotation",
               "Start of the training window in the first segment, in s.", minimum=0.0),
     Parameter("train_duration_s", None, (float, None), "annotation",
@@ -162,6 +168,12 @@ PARAMETERS: tuple[Parameter, ...] = (
               "temporal filters), 'backbone' (all but the new head) or 'auto' ('backbone' for few-shot training, "
               "annotated_spikes_per_unit set, when the whole backbone was transferred; else 'none'; "
               "docs/transfer-learning.md).", choices=("auto", "none", "temporal", "backbone")),
+    Parameter("self_training_rounds", 0, (int,), "training",
+              "Self-training: after training, the network sorts the training part of the window; its confident "
+              "detections (at or above the unit's threshold, and >= 0.5) that the annotations miss become positives, annotated spikes it "
+              "rejects are left out, and it is trained again, this many times (docs/real-data.md). Thresholds "
+              "are still chosen on the held-out annotations. Not with annotated_spikes_per_unit.",
+              minimum=0, maximum=3),
     Parameter("jitter_ms", 0.17, (float,), "training",
               "Windows centred within +-jitter_ms of an annotated spike are positives (5 samples at 30 kHz).",
               minimum=0.0),
@@ -272,6 +284,9 @@ def validate_params(params: dict) -> dict:
     tf = params.get("temporal_features")
     if tf is not None and (len(tf) != 2 or not all(isinstance(v, int) and v > 0 for v in tf)):
         raise ValueError(f"esort parameter 'temporal_features' must be two positive ints, got {tf!r}.")
+    if params.get("self_training_rounds") and params.get("annotated_spikes_per_unit") is not None:
+        raise ValueError("esort parameters 'self_training_rounds' and 'annotated_spikes_per_unit' cannot be used "
+                         "together: self-training relabels a whole annotated window.")
     allowed_job_keys = {"n_jobs", "chunk_duration", "chunk_size", "chunk_memory", "total_memory",
                         "progress_bar", "pool_engine", "mp_context", "max_threads_per_worker"}
     bad = sorted(set(params.get("job_kwargs", {})) - allowed_job_keys)

@@ -24,6 +24,7 @@ from .network import network_window_samples
 from .output import check_spike_counts, json_default, make_sorting, save_sorting, set_unit_properties
 from .parameters import validate_params
 from .preprocessing import check_preprocessing_params, correct_motion, estimate_noise_levels, preprocess
+from .self_training import relabel
 from .transfer import resolve_backbone
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -81,6 +82,16 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             preprocessed, annotations, window, noise_levels, params, device, chunk_size, progress_bar,
             n_jobs=job_kwargs["n_jobs"], timer=timer,
         )
+        relabelled = annotations  # the annotations stay as given for the units' properties
+        for round_index in range(params["self_training_rounds"]):
+            with timer("self-training"):
+                logger.info("self-training: round %d of %d", round_index + 1, params["self_training_rounds"])
+                relabelled, _ = relabel(model, window.training_recording(preprocessed), relabelled, split, params,
+                                        chunk_size, progress_bar)
+            model, split = fit_model(
+                preprocessed, relabelled, window, noise_levels, params, device, chunk_size, progress_bar,
+                n_jobs=job_kwargs["n_jobs"], timer=timer,
+            )
         with timer("inference"):
             detected = detect_in_recording(
                 model, preprocessed, chunk_size, progress_bar, stride=params["inference_stride"]

@@ -64,7 +64,7 @@ def test_benchmark_commands_in_the_docs_parse():
     assert len(commands) >= 3
     for command in commands:
         args = build_parser().parse_args(command.split("spikeinterface_esort.tools.benchmark", 1)[1].split())
-        assert all(case in SORTERS + ("esort_published",) for case in args.sorters)
+        assert all(case in SORTERS + ("esort_published", "esort_ensemble", "esort_self_training") for case in args.sorters)
 
 
 def test_speed_doc_commands_parse():

@@ -21,6 +21,9 @@ for its plots). The sorters (``SORTERS``):
   spatial filter, float32, stride 1, up to 30 epochs of every spike; not in the default list);
 - ``esort_teacher``: esort trained on a teacher sorter run on the annotation window (the real-data setting;
   ``teacher``, default spykingcircus2);
+- ``esort_ensemble``: esort trained on a teacher ensemble (``ensemble``, default spykingcircus2 and
+  tridesclous2, each run on the annotation window; ``ensemble_unmatched_units`` as given);
+- ``esort_self_training``: ``esort_teacher`` with ``self_training_rounds`` (default 1);
 - ``kilosort4`` (CPU or GPU, when installed), ``spykingcircus2``, ``tridesclous2``; any other installed
   SpikeInterface sorter by name, with its defaults.
 
@@ -85,6 +88,10 @@ PRESETS = {
         "384 channels, Neuropixels-1.0-like layout (4 staggered columns, 3.84 mm), 64 units, 5 uV noise, 30 kHz", 40.0,
         lambda folder, duration_s, seed: generate_dataset(folder, 384, 64, duration_s, seed=seed, layout="np1"),
     ),
+    "grid64": Preset(
+        "64 channels (4 x 16, 20 um pitch), 30 units, 5 uV noise, 30 kHz", 120.0,
+        lambda folder, duration_s, seed: generate_dataset(folder, 64, 30, duration_s, seed=seed),
+    ),
     "drifting": Preset(
         "generate_drifting_recording, 32 channels (4 x 8, 20 um pitch), 12 units, zigzag drift +-15 um "
         "(30 s period), 30 kHz", 90.0,
@@ -102,6 +109,7 @@ PRESETS = {
 }
 
 SORTERS = ("esort", "esort_ground_truth", "esort_teacher", "kilosort4", "spykingcircus2", "tridesclous2")
+ENSEMBLE = ("spykingcircus2", "tridesclous2")
 
 
 @dataclass
@@ -171,7 +179,9 @@ class HeldOutSorterStudy(SorterStudy):
         )
 
 
-def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: int) -> dict[str, dict]:
+def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: int,
+                 ensemble: tuple[str, ...] = ENSEMBLE, ensemble_unmatched_units: str = "keep",
+                 self_training_rounds: int = 1) -> dict[str, dict]:
     """``SorterStudy`` cases: key -> label, run_sorter params and held-out start, for each of ``sorters``."""
     import spikeinterface.sorters as ss
 
@@ -203,6 +213,21 @@ def sorter_cases(sorters: list[str], data: BenchmarkData, teacher: str, n_jobs: 
                 label = f"esort ({teacher} annotations)"  # the teacher gets the same cores as the sorters
                 params = dict(annotation_sorter=teacher, annotation_sorter_params=_job_params(teacher, n_jobs),
                               **data.esort_window_params())
+        elif key == "esort_self_training":
+            if data.agreement:
+                raise ValueError("esort_self_training learns from its own teacher; in agreement mode use esort_teacher")
+            name = "esort"
+            label = f"esort ({teacher} annotations, {self_training_rounds} round(s) of self-training)"
+            params = dict(annotation_sorter=teacher, annotation_sorter_params=_job_params(teacher, n_jobs),
+                          self_training_rounds=self_training_rounds, **data.esort_window_params())
+        elif key == "esort_ensemble":
+            if data.agreement:
+                raise ValueError("esort_ensemble learns from its own teachers; in agreement mode use esort_teacher")
+            name = "esort"
+            label = f"esort ({' + '.join(ensemble)} annotations, unmatched units: {ensemble_unmatched_units})"
+            params = dict(annotation_sorter=list(ensemble),
+                          annotation_sorter_params={t: _job_params(t, n_jobs) for t in ensemble},
+                          ensemble_unmatched_units=ensemble_unmatched_units, **data.esort_window_params())
         else:
             name, label, params = key, key, {}
         if name not in installed:
@@ -243,6 +268,9 @@ def run_benchmark(
     description: str = "",
     command: str | None = None,
     bin_s: float = 60.0,
+    ensemble: tuple[str, ...] = ENSEMBLE,
+    ensemble_unmatched_units: str = "keep",
+    self_training_rounds: int = 1,
 ) -> pd.DataFrame:
     """Run ``sorters`` on ``data.recording`` and score them on its held-out part; write the results,
     table and plots to ``folder`` (see the module's doc). Returns the per-sorter table. Sorters that
@@ -269,7 +297,8 @@ def run_benchmark(
             wanted.append(key)
         else:
             print(f"skipped {key}: not installed" + (" (pip install kilosort)" if key == "kilosort4" else ""), flush=True)
-    study = _open_study(folder / "study", data, sorter_cases(wanted, data, teacher, n_jobs))
+    study = _open_study(folder / "study", data, sorter_cases(wanted, data, teacher, n_jobs, tuple(ensemble),
+                                                            ensemble_unmatched_units, self_training_rounds))
     rows, units, timecourse = [], [], []
     for i, key in enumerate(wanted, start=1):
         label = study.cases[key]["label"]
@@ -799,6 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sorters", nargs="+", default=list(SORTERS),
                         help=f"cases to run (default: {' '.join(SORTERS)}); any installed sorter name works")
     parser.add_argument("--teacher", default="spykingcircus2", help="esort_teacher's annotation sorter")
+    parser.add_argument("--ensemble", nargs="+", default=list(ENSEMBLE),
+                        help=f"esort_ensemble's annotation sorters (default: {' '.join(ENSEMBLE)})")
+    parser.add_argument("--ensemble-unmatched-units", choices=("keep", "drop"), default="keep",
+                        help="esort_ensemble's ensemble_unmatched_units (default: keep)")
+    parser.add_argument("--self-training-rounds", type=int, default=1,
+                        help="esort_self_training's self_training_rounds (default: 1)")
     parser.add_argument("--duration", type=float, help="preset duration (s)")
     parser.add_argument("--annotation-s", type=float,
                         help="annotation window (s; default: half the recording; for 'long', esort's default window)")
@@ -827,7 +862,8 @@ def main(argv: list[str] | None = None) -> int:
     sorters = [s for s in args.sorters if not (data.agreement and s in ("esort_ground_truth", "esort_published"))]
     command = " ".join(["python -m spikeinterface_esort.tools.benchmark"] + (sys.argv[1:] if argv is None else list(argv)))
     rerun = False if args.rerun is None else (args.rerun or True)
-    table = run_benchmark(data, folder, sorters, args.teacher, n_jobs, rerun, description, command, args.bin_s)
+    table = run_benchmark(data, folder, sorters, args.teacher, n_jobs, rerun, description, command, args.bin_s,
+                          tuple(args.ensemble), args.ensemble_unmatched_units, args.self_training_rounds)
     print()
     print(markdown_table(table))
     print(f"results: {folder}")
