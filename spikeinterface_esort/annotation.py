@@ -279,12 +279,19 @@ def teacher_names(params: dict) -> list[str]:
     return [name] if isinstance(name, str) else list(name)
 
 
-def teacher_params(params: dict, name: str) -> dict:
+def teacher_params(params: dict, name: str, n_jobs: int | None = None) -> dict:
     """``run_sorter`` parameters of annotation sorter ``name``: ``annotation_sorter_params``, or with several
-    sorters its entry ``name`` (none: the sorter's defaults)."""
-    if isinstance(params["annotation_sorter"], str):
-        return dict(params["annotation_sorter_params"])
-    return dict(params["annotation_sorter_params"].get(name, {}))
+    sorters its entry ``name`` (none: the sorter's defaults). With ``n_jobs``, a sorter that takes SpikeInterface
+    ``job_kwargs`` and was given none gets esort's ``n_jobs`` (without it, SpikeInterface's global default,
+    one core, applies)."""
+    from spikeinterface.sorters import get_default_sorter_params, sorter_dict
+
+    given = params["annotation_sorter_params"]
+    sorter_params = dict(given) if isinstance(params["annotation_sorter"], str) else dict(given.get(name, {}))
+    if n_jobs is not None and "job_kwargs" not in sorter_params and name in sorter_dict \
+            and "job_kwargs" in get_default_sorter_params(name):
+        sorter_params["job_kwargs"] = dict(n_jobs=n_jobs)
+    return sorter_params
 
 
 def check_annotation_source(recording: BaseRecording, params: dict) -> None:
@@ -324,7 +331,9 @@ def run_annotation_sorter(
     from spikeinterface.sorters import run_sorter
 
     window_recording = window.teacher_recording(recording)
-    logger.info("annotation: running %s on %s of segment 0", name, window.describe(recording.sampling_frequency))
+    jobs = sorter_params.get("job_kwargs", {}).get("n_jobs")
+    logger.info("annotation: running %s on %s of segment 0%s", name, window.describe(recording.sampling_frequency),
+                "" if jobs is None else f", {jobs} CPU job(s)")
     try:
         return run_sorter(
             name, window_recording, folder=folder, remove_existing_folder=True, verbose=verbose, **sorter_params,
@@ -360,10 +369,12 @@ def drop_small_units(annotations: Annotations, min_spikes: int) -> Annotations:
 
 
 def annotate(
-    recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool = False
+    recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool = False,
+    n_jobs: int | None = None,
 ) -> Annotations:
     """Annotated spikes of the training window, from ``annotation_sorting_path`` or ``annotation_sorter`` (one
-    sorter, or several combined by ``ensemble.combine_sortings``)."""
+    sorter, or several combined by ``ensemble.combine_sortings``), each sorter run with ``n_jobs`` CPU jobs unless
+    its ``annotation_sorter_params`` set ``job_kwargs``."""
     if params["annotation_sorting_path"] is not None:
         path = params["annotation_sorting_path"]
         sorting = load_annotation_sorting(path)
@@ -372,12 +383,12 @@ def annotate(
         return checked_annotations(annotations, window, params)
     names = teacher_names(params)
     if len(names) == 1:
-        sorting = run_annotation_sorter(recording, window, names[0], teacher_params(params, names[0]),
+        sorting = run_annotation_sorter(recording, window, names[0], teacher_params(params, names[0], n_jobs),
                                         Path(folder) / "annotation_sorter", verbose)
         annotations = sorting_to_annotations(sorting, window, source=f"sorter {names[0]}", teacher=True)
         return checked_annotations(annotations, window, params)
     sortings = {
-        name: run_annotation_sorter(recording, window, name, teacher_params(params, name),
+        name: run_annotation_sorter(recording, window, name, teacher_params(params, name, n_jobs),
                                     Path(folder) / "annotation_sorter" / name, verbose)
         for name in names
     }

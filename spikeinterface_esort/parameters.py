@@ -189,6 +189,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               "(another each epoch), else every spike as many times as fits (the rest drawn at random), so that an "
               "epoch is the same number of batches whatever the window's length and the firing rates. None: every "
               "annotated spike once per epoch, as published.", minimum=1),
+    Parameter("unit_balance", 1.0, (float,), "training",
+              "How each epoch's positives are shared among units: each annotated spike is drawn with a probability "
+              "proportional to n ** -unit_balance, n being its unit's spike count, so 0 shares them in proportion to "
+              "the units' spike counts (as published) and 1 (the default) gives every unit the same share, a rare "
+              "unit's spikes repeated at other jitter offsets (docs/defaults.md).", minimum=0.0, maximum=1.0),
     Parameter("negative_ratio", 1.0, (float,), "training",
               "Negative windows (no annotated spike within +-jitter_ms) per positive window.",
               minimum=0.0),
@@ -252,7 +257,7 @@ PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
 # run_sorter("esort", recording, **PUBLISHED_PARAMS) takes it; docs/defaults.md compares it with the defaults.
 PUBLISHED_PARAMS = dict(
     spatial_radius_um=None, training_dtype="float32", inference_dtype="float32", inference_stride=1,
-    epochs=30, patience=5, spikes_per_epoch=None,
+    epochs=30, patience=5, spikes_per_epoch=None, unit_balance=0.0,
 )
 
 

@@ -104,6 +104,7 @@ class WindowSampler:
         if anchors is not None:
             inside &= anchors
         self.anchor_samples = spike_samples[inside]
+        self.anchor_units = spike_units[inside]
 
     def _hits(self, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         left = np.searchsorted(self.spike_samples, centres - self.jitter, side="left")
@@ -121,14 +122,22 @@ class WindowSampler:
         return targets
 
     def draw(
-        self, rng: np.random.Generator, windows_per_spike: int, negative_ratio: float, num_spikes: int | None = None
+        self, rng: np.random.Generator, windows_per_spike: int, negative_ratio: float, num_spikes: int | None = None,
+        unit_balance: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Positive centres (each anchor spike shifted by a random offset within +-jitter) and as many negative
         centres times ``negative_ratio``; returns (centres, targets), shuffled. With ``num_spikes``, exactly that many
         anchor spikes are drawn: a random subset where there are more (another at each draw), else every anchor
-        spike as many times as fits, the remainder drawn at random."""
+        spike as many times as fits, the remainder drawn at random. With ``unit_balance`` b > 0, the anchor spikes
+        (``num_spikes`` of them, or as many as there are) are drawn with replacement, each with a probability
+        proportional to n_u ** -b where n_u is its unit's count of anchor spikes: b = 1 gives every unit the same
+        share of positives, 0 shares them in proportion to the units' spike counts."""
         anchors = self.anchor_samples
-        if num_spikes is not None and len(anchors) > 0:
+        if unit_balance > 0 and len(anchors) > 0:
+            counts = np.bincount(self.anchor_units, minlength=self.num_units).astype(np.float64)
+            weights = counts[self.anchor_units] ** -unit_balance
+            anchors = anchors[rng.choice(len(anchors), size=num_spikes or len(anchors), p=weights / weights.sum())]
+        elif num_spikes is not None and len(anchors) > 0:
             anchors = anchors[np.resize(rng.permutation(len(anchors)), num_spikes)]
         anchors = np.repeat(anchors, windows_per_spike)
         positives = anchors + rng.integers(-self.jitter, self.jitter + 1, size=len(anchors))
@@ -251,7 +260,7 @@ def train_networks(
         batches = []  # (task, centres, targets)
         for i, task in enumerate(tasks):
             centres, targets = task.train_sampler.draw(rng, params["windows_per_spike"], params["negative_ratio"],
-                                                       params.get("spikes_per_epoch"))
+                                                       params.get("spikes_per_epoch"), params.get("unit_balance", 0.0))
             centres, targets = torch.from_numpy(centres).to(device), torch.from_numpy(targets).to(device)
             batches += [(i, centres[a:b], targets[a:b]) for a, b in _batches(len(centres), params["batch_size"])]
         order = rng.permutation(len(batches)) if len(tasks) > 1 else range(len(batches))

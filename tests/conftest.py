@@ -4,10 +4,18 @@ and saved to a temporary folder (in-memory generated recordings are not serialis
 from __future__ import annotations
 
 import pytest
+import torch
 from spikeinterface.core import generate_ground_truth_recording
+
+from spikeinterface_esort.device import native_bfloat16
 
 PROBE = dict(num_columns=4, xpitch=20, ypitch=20, contact_shapes="circle", contact_shape_params={"radius": 6})
 SAMPLING_FREQUENCY = 30000.0
+
+NATIVE_BFLOAT16 = native_bfloat16(torch.device("cpu"))
+needs_native_bfloat16 = pytest.mark.skipif(
+    not NATIVE_BFLOAT16, reason="this CPU has no AVX-512 BF16 or AMX: esort refuses bfloat16 here (emulated, about 100x slower)"
+)
 
 
 def generate(folder, durations, num_channels, num_units, seed):

@@ -9,8 +9,10 @@ import torch
 
 from spikeinterface_esort import ESortModel
 from spikeinterface_esort.tools.datasets import held_out_performance
-from spikeinterface_esort.device import native_bfloat16, resolve_dtype
+from spikeinterface_esort.device import resolve_dtype
 from spikeinterface_esort.network import ESortNetwork, FoldedNetwork
+
+from conftest import NATIVE_BFLOAT16, needs_native_bfloat16
 
 
 def trained_like_network(channels: int, units: int = 5) -> ESortNetwork:
@@ -53,9 +55,6 @@ def test_model_refolds_when_its_weights_change(small_esort_run):
         model.probabilities(traces)  # CPU
 
 
-NATIVE_BFLOAT16 = native_bfloat16(torch.device("cpu"))
-needs_native_bfloat16 = pytest.mark.skipif(not NATIVE_BFLOAT16, reason="this CPU has no AVX-512 BF16 or AMX: "
-                                           "esort refuses bfloat16 here (emulated, about 100x slower)")
 
 
 def test_auto_precision_is_bfloat16_only_where_native(monkeypatch):

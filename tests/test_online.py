@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
 
 from spikeinterface_esort import ESortModel, OnlineSorter
-from spikeinterface_esort.device import native_bfloat16
 from spikeinterface_esort.ensemble import nearest_offsets
 from spikeinterface_esort.online import stream
+
+from conftest import needs_native_bfloat16
 
 
 def model_in(folder, inference_dtype: str) -> ESortModel:
@@ -37,7 +37,7 @@ def test_concatenated_online_output_equals_the_offline_sort(small_recording, sma
     assert len(sorter._buffer) <= sorter.margin_before + sorter.lookahead_samples + chunk_samples + 2 * sorter.filter_margin
 
 
-@pytest.mark.skipif(not native_bfloat16(torch.device("cpu")), reason="this CPU has no native bfloat16")
+@needs_native_bfloat16
 def test_bfloat16_online_output_is_the_offline_sort_up_to_rounding(small_recording, small_esort_run):
     recording = small_recording[0]
     model = model_in(small_esort_run[0], "bfloat16")

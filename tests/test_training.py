@@ -30,6 +30,24 @@ def test_negatives_are_far_from_spikes_and_balanced():
     assert centres.min() >= 30 and centres.max() < 100000 - 29
 
 
+
+@pytest.mark.parametrize("unit_balance, expected_share", [(0.0, 0.01), (0.5, 0.09), (1.0, 0.5)])
+def test_unit_balance_shares_positives_between_a_frequent_and_a_rare_unit(unit_balance, expected_share):
+    """A unit with 10 annotated spikes next to one with 990: 1 % of the positives with unit_balance=0 (spike
+    counts), 10 / (10 + sqrt(10 * 990)) = 9 % with 0.5, half with 1."""
+    rng = np.random.default_rng(0)
+    spikes = np.sort(rng.choice(np.arange(100, 999_000), size=1000, replace=False))
+    units = np.zeros(1000, dtype=np.int64)
+    units[rng.choice(1000, size=10, replace=False)] = 1
+    sampler = WindowSampler(spikes, units, 2, lo=0, hi=1_000_000, window_samples=60, jitter=5)
+    rare = 0
+    for _ in range(20):
+        centres, targets = sampler.draw(rng, windows_per_spike=1, negative_ratio=1.0, num_spikes=2000,
+                                        unit_balance=unit_balance)
+        assert (targets.sum(axis=1) > 0).sum() == 2000  # the epoch's size does not depend on the balance
+        rare += targets[:, 1].sum()
+    assert rare / (20 * 2000) == pytest.approx(expected_share, abs=0.02)
+
 def test_windows_are_centred_on_their_sample():
     traces = torch.arange(200, dtype=torch.float16)[:, None].repeat(1, 3)  # value = sample index
     windows = gather_windows(traces, torch.tensor([50, 120]), window_samples=10)

@@ -9,7 +9,9 @@ For each benchmark preset (``benchmark.PRESETS``: the same saved recordings) and
 with ``compare_sorter_to_ground_truth``. Ground-truth annotations keep the teacher's errors out of the comparison:
 what changes between rows is the network's settings alone. Each row gives held-out accuracy, its difference from
 the ``published`` candidate on the same preset (mean and worst unit), run_sorter's wall time and esort's training
-and inference steps. ``--teacher-windows`` adds rows for the annotation window instead: esort with its defaults
+and inference steps. ``--teacher-annotations`` trains every candidate on the annotations of esort's default
+teacher instead (run once per preset on the annotation window, saved and shared), as a user without ground truth
+would. ``--teacher-windows`` adds rows for the annotation window instead: esort with its defaults
 and the default teacher on windows of the given lengths, on the ``long`` preset, scored after the longest window.
 Written to ``folder``: ``settings.csv`` and ``settings.md``.
 """
@@ -93,24 +95,65 @@ def preset_recording(preset: str, folder: Path, long_duration_s: float | None):
     return data, description
 
 
+def teacher_annotations(data, folder: Path, n_jobs: int) -> tuple[Path, float]:
+    """esort's default teacher run once on the preset's annotation window (its pieces end to end, as esort gives
+    them to it), its spikes mapped back to the recording's frames and saved in ``folder`` (reused when there):
+    annotations that every candidate learns from. Returns the sorting's folder and the teacher's run time (s)."""
+    import time
+
+    import numpy as np
+    from spikeinterface.core import NumpySorting
+    from spikeinterface.sorters import run_sorter
+
+    from ..annotation import training_window
+
+    sorting_folder, time_file = folder / "sorting", folder / "teacher_run_time_s.json"
+    if sorting_folder.is_dir() and time_file.is_file():
+        return sorting_folder, float(json.loads(time_file.read_text()))
+    params = default_params()
+    window = training_window(data.recording, dict(params, **data.esort_window_params()))
+    t0 = time.perf_counter()
+    sorting = run_sorter(params["annotation_sorter"], window.teacher_recording(data.recording),
+                         folder=folder / "sorter", remove_existing_folder=True, verbose=False,
+                         job_kwargs=dict(n_jobs=n_jobs, progress_bar=False))
+    seconds = time.perf_counter() - t0
+    spikes = sorting.to_spike_vector()
+    inside, frames = window.from_pieces_frames(spikes["sample_index"])
+    units = np.asarray(sorting.unit_ids)[spikes["unit_index"][inside]]
+    NumpySorting.from_samples_and_labels([frames], [units], data.recording.get_sampling_frequency(),
+                                         unit_ids=sorting.unit_ids).save(folder=sorting_folder, overwrite=True)
+    time_file.write_text(json.dumps(seconds))  # written last: marks a finished teacher run
+    return sorting_folder, seconds
+
+
 def settings_study(folder: Path, presets: list[str], candidates: list[str], long_duration_s: float | None = None,
-                   n_jobs: int | None = None) -> list[dict]:
+                   n_jobs: int | None = None, teacher: bool = False) -> list[dict]:
+    """Each candidate on each preset, trained on the ground truth of the annotation window (``teacher``: on the
+    annotations of esort's default teacher there, run once per preset and shared by the candidates)."""
     n_jobs = n_jobs or os.cpu_count() or 1
     rows = []
     for preset in presets:
         data, description = preset_recording(preset, folder, long_duration_s)
+        source = str(data.truth_folder)
+        if teacher:
+            print(f"{preset}: {default_params()['annotation_sorter']} on the annotation window ...", flush=True)
+            annotation_folder, teacher_s = teacher_annotations(data, folder / preset / "teacher_annotations", n_jobs)
+            source = str(annotation_folder)
+            print(f"  {teacher_s:.1f} s", flush=True)
         reference = None
         for candidate in candidates:
             params = candidate_params(candidate)
-            sorter_folder = folder / preset / "runs" / candidate.replace("=", "_").replace(",", "__")
-            print(f"{preset}: esort {candidate} ...", flush=True)
+            name = candidate.replace("=", "_").replace(",", "__") + ("_teacher" if teacher else "")
+            sorter_folder = folder / preset / "runs" / name
+            print(f"{preset}: esort {candidate}{' (teacher annotations)' if teacher else ''} ...", flush=True)
             sorting, scores, performance = sort_or_reuse(
-                sorter_folder, data, annotation_sorting_path=str(data.truth_folder), **data.esort_window_params(),
+                sorter_folder, data, annotation_sorting_path=source, **data.esort_window_params(),
                 job_kwargs=dict(n_jobs=n_jobs), **params,
             )
             if candidate == "published":
                 reference = performance["accuracy"]
-            row = dict(preset=preset, candidate=candidate, accuracy=scores["accuracy"],
+            row = dict(preset=preset, candidate=candidate + (" (teacher annotations)" if teacher else ""),
+                       accuracy=scores["accuracy"],
                        precision=scores["precision"], recall=scores["recall"], time_s=scores["time_s"],
                        **_steps(sorter_folder))
             if reference is not None:
@@ -276,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--presets", nargs="+", default=["small", "np1", "drifting", "long"], choices=sorted(PRESETS))
     parser.add_argument("--candidates", nargs="*", default=["published", "defaults"],
                         help=f"names ({', '.join(CANDIDATES)}) or name=value,name=value over the defaults")
+    parser.add_argument("--teacher-annotations", action="store_true",
+                        help="train the candidates on the annotations of esort's default teacher (run once per preset "
+                             "on the annotation window) instead of the ground truth")
     parser.add_argument("--long-duration", type=float, help="use only the first S seconds of the long preset")
     parser.add_argument("--teacher-windows", nargs="*", type=float, default=[],
                         help="also: esort with its defaults and default teacher on these training windows (s) of 'long'")
@@ -299,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         if {"train_start_s", "train_duration_s", "train_pieces"} & set(candidate_params(candidate)):
             raise SystemExit(f"candidate {candidate!r}: the training window is the preset's; use --teacher-windows "
                              "or --train-pieces to vary it")
-    rows = settings_study(folder, args.presets, args.candidates, args.long_duration, args.n_jobs) if args.candidates else []
+    rows = settings_study(folder, args.presets, args.candidates, args.long_duration, args.n_jobs,
+                          args.teacher_annotations) if args.candidates else []
     if args.teacher_windows:
         rows += teacher_window_study(folder, args.teacher_windows, args.long_duration, args.n_jobs)
     if args.train_pieces:
