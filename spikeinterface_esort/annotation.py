@@ -195,12 +195,15 @@ def training_window(recording: BaseRecording, params: dict) -> TrainingWindow:
     ``validation_fraction`` of each piece (none in few-shot training, which holds nothing out)."""
     fs = recording.get_sampling_frequency()
     num_samples = recording.get_num_samples(segment_index=0)
-    pieces = tuple(
-        (int(round(a * fs)), min(int(round(b * fs)), num_samples)) for a, b in training_pieces_s(num_samples / fs, params)
-    )
-    if any(end <= start for start, end in pieces):
+    count = params.get("train_pieces")
+    if count is not None and count > num_samples:  # refused at once, before listing millions of empty pieces
+        pieces = ()
+    else:
+        pieces = tuple((int(round(a * fs)), min(int(round(b * fs)), num_samples))
+                       for a, b in training_pieces_s(num_samples / fs, params))
+    if len(pieces) == 0 or any(end <= start for start, end in pieces):
         raise ValueError(
-            f"esort: the training window ({params['train_duration_s']} s in {len(pieces)} pieces from "
+            f"esort: the training window ({params['train_duration_s']} s in {len(pieces) or count} pieces from "
             f"{params['train_start_s']} s) has an empty piece; lengthen 'train_duration_s' or lower 'train_pieces'."
         )
     fraction = 0.0 if params.get("annotated_spikes_per_unit") is not None else float(params.get("validation_fraction", 0.0))

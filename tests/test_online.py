@@ -19,9 +19,9 @@ def model_in(folder, inference_dtype: str) -> ESortModel:
     return model
 
 
-@pytest.mark.parametrize("chunk_samples, seconds", [(7, 2.0), (1000, None), (30000, None)])
+@pytest.mark.parametrize("chunk_samples, seconds", [(7, 1.0), (1000, None), (30000, None)])
 def test_concatenated_online_output_equals_the_offline_sort(small_recording, small_esort_run, chunk_samples, seconds):
-    """Any chunking gives the offline spikes; 7-sample chunks (one network call each) on the first 2 s only."""
+    """Any chunking gives the offline spikes; 7-sample chunks (one network call each) on the first 1 s only."""
     recording = small_recording[0]
     if seconds is not None:
         recording = recording.frame_slice(0, int(seconds * recording.get_sampling_frequency()))
