@@ -437,12 +437,13 @@ def _open_study(study_folder: Path, data: BenchmarkData, cases: dict) -> HeldOut
         (study.folder / "cases.pickle").write_bytes(pickle.dumps(study.cases))
         stamp_file.write_text(json.dumps(stamp))
         changed = [key for key in cases if key in study.cases and study.cases[key] != cases[key]]
-        if changed:  # run with other parameters: its earlier results and sorter folder go
-            study.remove_cases(changed)
-        new = {key: case for key, case in cases.items() if key not in study.cases}
-        if new:
-            study.add_cases(new)
-        return study
+        if set(changed) != set(study.cases):  # else every case goes: a new study (SpikeInterface cannot add
+            if changed:  # cases to an empty one); a case run with other parameters loses its results and folder
+                study.remove_cases(changed)
+            new = {key: case for key, case in cases.items() if key not in study.cases}
+            if new:
+                study.add_cases(new)
+            return study
     if study_folder.exists():
         shutil.rmtree(study_folder)
     analyzer = create_sorting_analyzer(data.truth, data.recording, sparse=True, format="memory")
