@@ -76,7 +76,7 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             )
 
         with timer("annotation"):
-            annotations = annotate(recording, window, params, folder, verbose, n_jobs=job_kwargs["n_jobs"])
+            annotations = annotate(recording, window, params, folder, verbose)
 
         model, split = fit_model(
             preprocessed, annotations, window, noise_levels, params, device, chunk_size, progress_bar,
