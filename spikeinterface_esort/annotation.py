@@ -282,19 +282,12 @@ def teacher_names(params: dict) -> list[str]:
     return [name] if isinstance(name, str) else list(name)
 
 
-def teacher_params(params: dict, name: str, n_jobs: int | None = None) -> dict:
+def teacher_params(params: dict, name: str) -> dict:
     """``run_sorter`` parameters of annotation sorter ``name``: ``annotation_sorter_params``, or with several
-    sorters its entry ``name`` (none: the sorter's defaults). With ``n_jobs``, a sorter that takes SpikeInterface
-    ``job_kwargs`` and was given none gets esort's ``n_jobs`` (without it, SpikeInterface's global default,
-    one core, applies)."""
-    from spikeinterface.sorters import get_default_sorter_params, sorter_dict
-
-    given = params["annotation_sorter_params"]
-    sorter_params = dict(given) if isinstance(params["annotation_sorter"], str) else dict(given.get(name, {}))
-    if n_jobs is not None and "job_kwargs" not in sorter_params and name in sorter_dict \
-            and "job_kwargs" in get_default_sorter_params(name):
-        sorter_params["job_kwargs"] = dict(n_jobs=n_jobs)
-    return sorter_params
+    sorters its entry ``name`` (none: the sorter's defaults)."""
+    if isinstance(params["annotation_sorter"], str):
+        return dict(params["annotation_sorter_params"])
+    return dict(params["annotation_sorter_params"].get(name, {}))
 
 
 def check_annotation_source(recording: BaseRecording, params: dict) -> None:
@@ -372,12 +365,10 @@ def drop_small_units(annotations: Annotations, min_spikes: int) -> Annotations:
 
 
 def annotate(
-    recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool = False,
-    n_jobs: int | None = None,
+    recording: BaseRecording, window: TrainingWindow, params: dict, folder: Path, verbose: bool = False
 ) -> Annotations:
     """Annotated spikes of the training window, from ``annotation_sorting_path`` or ``annotation_sorter`` (one
-    sorter, or several combined by ``ensemble.combine_sortings``), each sorter run with ``n_jobs`` CPU jobs unless
-    its ``annotation_sorter_params`` set ``job_kwargs``."""
+    sorter, or several combined by ``ensemble.combine_sortings``)."""
     if params["annotation_sorting_path"] is not None:
         path = params["annotation_sorting_path"]
         sorting = load_annotation_sorting(path)
@@ -386,12 +377,12 @@ def annotate(
         return checked_annotations(annotations, window, params)
     names = teacher_names(params)
     if len(names) == 1:
-        sorting = run_annotation_sorter(recording, window, names[0], teacher_params(params, names[0], n_jobs),
+        sorting = run_annotation_sorter(recording, window, names[0], teacher_params(params, names[0]),
                                         Path(folder) / "annotation_sorter", verbose)
         annotations = sorting_to_annotations(sorting, window, source=f"sorter {names[0]}", teacher=True)
         return checked_annotations(annotations, window, params)
     sortings = {
-        name: run_annotation_sorter(recording, window, name, teacher_params(params, name, n_jobs),
+        name: run_annotation_sorter(recording, window, name, teacher_params(params, name),
                                     Path(folder) / "annotation_sorter" / name, verbose)
         for name in names
     }

@@ -124,17 +124,3 @@ def test_sort_with_a_teacher_ensemble(ground_truth_recording, tmp_path):
     perf = comparison.get_performance().astype(float)
     assert perf["accuracy"].mean() >= 0.6 and (perf["accuracy"] > 0.8).sum() >= 6, perf
 
-
-def test_the_teacher_gets_esorts_cpu_jobs_unless_its_own_are_given():
-    """Without job_kwargs of its own a SpikeInterface sorter runs on SpikeInterface's global default (one core):
-    esort gives its teacher its own n_jobs, and leaves a teacher's own job_kwargs alone."""
-    from spikeinterface_esort.annotation import teacher_params
-    from spikeinterface_esort.parameters import default_params
-
-    params = default_params()
-    assert teacher_params(params, "spykingcircus2", n_jobs=2) == dict(job_kwargs=dict(n_jobs=2))
-    assert teacher_params(params, "spykingcircus2") == {}
-    own = dict(params, annotation_sorter=["spykingcircus2", "tridesclous2"],
-               annotation_sorter_params={"tridesclous2": dict(job_kwargs=dict(n_jobs=1))})
-    assert teacher_params(own, "tridesclous2", n_jobs=2) == dict(job_kwargs=dict(n_jobs=1))
-    assert teacher_params(own, "spykingcircus2", n_jobs=2) == dict(job_kwargs=dict(n_jobs=2))

@@ -55,8 +55,6 @@ def test_model_refolds_when_its_weights_change(small_esort_run):
         model.probabilities(traces)  # CPU
 
 
-
-
 def test_auto_precision_is_bfloat16_only_where_native(monkeypatch):
     from spikeinterface_esort import device as device_module
 
@@ -121,7 +119,6 @@ def test_reading_ahead_changes_no_spike(small_recording, small_esort_run):
     recording, _, _ = small_recording
     folder, _ = small_esort_run
     model = ESortModel.load(folder)
-    model.params = dict(model.params, inference_dtype="float32")  # bfloat16 rounding would move ties: compare filters only
     preprocessed = preprocess(recording, model.preprocessing)
     threads = torch.get_num_threads()
     # 3000-sample chunks: enough of them for the thread tuner to try its three ways

@@ -103,9 +103,8 @@ def teacher_annotations(data, folder: Path, n_jobs: int) -> tuple[Path, float]:
 
     import numpy as np
     from spikeinterface.core import NumpySorting
-    from spikeinterface.sorters import run_sorter
 
-    from ..annotation import training_window
+    from ..annotation import run_annotation_sorter, training_window
 
     sorting_folder, time_file = folder / "sorting", folder / "teacher_run_time_s.json"
     if sorting_folder.is_dir() and time_file.is_file():
@@ -113,9 +112,8 @@ def teacher_annotations(data, folder: Path, n_jobs: int) -> tuple[Path, float]:
     params = default_params()
     window = training_window(data.recording, dict(params, **data.esort_window_params()))
     t0 = time.perf_counter()
-    sorting = run_sorter(params["annotation_sorter"], window.teacher_recording(data.recording),
-                         folder=folder / "sorter", remove_existing_folder=True, verbose=False,
-                         job_kwargs=dict(n_jobs=n_jobs, progress_bar=False))
+    sorting = run_annotation_sorter(data.recording, window, params["annotation_sorter"],
+                                    dict(job_kwargs=dict(n_jobs=n_jobs, progress_bar=False)), folder / "sorter", False)
     seconds = time.perf_counter() - t0
     spikes = sorting.to_spike_vector()
     inside, frames = window.from_pieces_frames(spikes["sample_index"])
