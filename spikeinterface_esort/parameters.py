@@ -141,6 +141,12 @@ PARAMETERS: tuple[Parameter, ...] = (
               "no held-out validation (training runs all epochs) and thresholds are detection_threshold, or with "
               "'auto' each unit's at the gap between its weak and strong responses on the training window "
               "(docs/transfer-learning.md). None: every annotated spike.", minimum=1),
+    Parameter("annotation_curation", None, (dict, None), "annotation",
+              "Clean the annotated units with SpikeInterface's curation before training: a dict with any of "
+              "'merge_presets' (list of auto-merge presets, e.g. ['similarity_correlograms']), 'merge_steps_params' "
+              "(their step parameters), 'unit_thresholds' (quality metric -> {'greater'/'less': value}; units that "
+              "fail are removed) and 'remove_redundant' (bool). Applies to every annotation source: leave None for "
+              "ground truth or a curated sorting (docs/real-data.md). None: no cleaning."),
     Parameter("min_spikes_per_unit", 10, (int,), "annotation",
               "Annotated units with fewer spikes in the training window are dropped (the log lists them).",
               minimum=1),

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from spikeinterface.core import BaseRecording, NumpySorting
 
-from .annotation import annotate, check_annotation_source, training_window
+from .annotation import annotate, check_annotation_source, checked_annotations, training_window
+from .annotation_curation import check_annotation_curation, curate_annotations
 from .device import resolve_device, resolve_precision, torch_threads
 from .inference import detect_in_recording
 from .jobs import StepTimer, chunk_size_from_job_kwargs, file_log, resolve_job_kwargs, run_summary
@@ -38,6 +39,7 @@ def check_inputs(recording: BaseRecording, params: dict) -> None:
     network_window_samples(params["window_ms"], recording.get_sampling_frequency())
     training_window(recording, params)
     check_annotation_source(recording, params)
+    check_annotation_curation(params["annotation_curation"])
     resolve_precision(params, resolve_device(params["torch_device"]))
     resolve_backbone(params["pretrained_weights"], recording.get_channel_locations(), recording.get_sampling_frequency())
 
@@ -77,6 +79,12 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
 
         with timer("annotation"):
             annotations = annotate(recording, window, params, folder, verbose)
+            if params["annotation_curation"] is not None:
+                annotations = curate_annotations(
+                    annotations, window.training_recording(preprocessed), params["annotation_curation"], folder,
+                    dict(job_kwargs, progress_bar=progress_bar),
+                )
+                annotations = checked_annotations(annotations, window, params)
 
         model, split = fit_model(
             preprocessed, annotations, window, noise_levels, params, device, chunk_size, progress_bar,

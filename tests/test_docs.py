@@ -1,6 +1,7 @@
 """What the README and docs tell a user works as written."""
 
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -123,7 +124,7 @@ def test_long_recording_and_defaults_commands_in_the_docs_parse(module):
     commands = [line for line in lines if f"spikeinterface_esort.tools.{module} " in line]
     assert commands
     for command in commands:
-        args = tool.build_parser().parse_args(command.split(f"spikeinterface_esort.tools.{module}", 1)[1].split())
+        args = tool.build_parser().parse_args(shlex.split(command.split(f"spikeinterface_esort.tools.{module}", 1)[1]))
         if module == "settings_study":
             for candidate in args.candidates:
                 tool.candidate_params(candidate)  # names a candidate or existing parameters

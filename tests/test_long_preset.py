@@ -105,6 +105,8 @@ def test_settings_study_candidates():
     assert candidate_params("published") == PUBLISHED_PARAMS and candidate_params("defaults") == {}
     assert candidate_params("inference_stride=4,spatial_radius_um=null") == dict(inference_stride=4,
                                                                                 spatial_radius_um=None)
+    assert candidate_params('annotation_curation={"merge_presets":["slay"],"remove_redundant":true},unit_balance=0') == \
+        dict(annotation_curation=dict(merge_presets=["slay"], remove_redundant=True), unit_balance=0)
     with pytest.raises(ValueError, match="not an esort parameter"):
         candidate_params("no_such_parameter=3")
 

@@ -68,7 +68,7 @@ def test_the_steps_never_import_the_model_or_the_pipeline_that_call_them():
     a module the model (``fit_model``, ``ESortModel.sort``) and ``pipeline.run_esort`` call, and none calls back."""
     graph = _import_graph()
     callers = {"spikeinterface_esort.model", "spikeinterface_esort.pipeline", "spikeinterface_esort.sorter"}
-    steps = ["parameters", "device", "network", "preprocessing", "ensemble", "annotation", "training", "transfer", "validation",
+    steps = ["parameters", "device", "network", "preprocessing", "ensemble", "annotation", "annotation_curation", "training", "transfer", "validation",
              "inference", "postprocessing", "output", "jobs", "self_training"]
     for step in steps:
         assert not graph[f"spikeinterface_esort.{step}"] & callers, (step, graph[f"spikeinterface_esort.{step}"])

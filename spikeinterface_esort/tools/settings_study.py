@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -36,11 +37,12 @@ CANDIDATES = {
 
 def candidate_params(candidate: str) -> dict:
     """A candidate's esort parameters: a name of ``CANDIDATES``, or ``name=value,name=value`` over the defaults
-    (values read as JSON where they parse, e.g. ``inference_stride=4,spatial_radius_um=null``)."""
+    (values read as JSON where they parse, e.g. ``inference_stride=4,spatial_radius_um=null``; commas inside
+    brackets or braces belong to the value, e.g. ``annotation_curation={"merge_presets":["slay"],"remove_redundant":true}``)."""
     if candidate in CANDIDATES:
         return dict(CANDIDATES[candidate])
     params = {}
-    for pair in candidate.split(","):
+    for pair in _top_level_split(candidate):
         name, _, text = pair.partition("=")
         if name.strip() not in default_params():
             raise ValueError(f"candidate {candidate!r}: {name.strip()!r} is not an esort parameter")
@@ -49,6 +51,18 @@ def candidate_params(candidate: str) -> dict:
         except json.JSONDecodeError:
             params[name.strip()] = text
     return params
+
+
+def _top_level_split(text: str) -> list[str]:
+    """``text`` split at the commas that are outside brackets and braces."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
 
 
 def sort_or_reuse(sorter_folder: Path, data, **params):
@@ -141,7 +155,8 @@ def settings_study(folder: Path, presets: list[str], candidates: list[str], long
         reference = None
         for candidate in candidates:
             params = candidate_params(candidate)
-            name = candidate.replace("=", "_").replace(",", "__") + ("_teacher" if teacher else "")
+            name = re.sub(r"[^\w.-]+", "_", candidate.replace("=", "_").replace(",", "__")).strip("_")
+            name += "_teacher" if teacher else ""
             sorter_folder = folder / preset / "runs" / name
             print(f"{preset}: esort {candidate}{' (teacher annotations)' if teacher else ''} ...", flush=True)
             sorting, scores, performance = sort_or_reuse(
@@ -151,7 +166,8 @@ def settings_study(folder: Path, presets: list[str], candidates: list[str], long
             if candidate == "published":
                 reference = performance["accuracy"]
             row = dict(preset=preset, candidate=candidate + (" (teacher annotations)" if teacher else ""),
-                       accuracy=scores["accuracy"],
+                       accuracy=scores["accuracy"], well_detected=scores["well_detected"],
+                       units_found=len(sorting.unit_ids),
                        precision=scores["precision"], recall=scores["recall"], time_s=scores["time_s"],
                        **_steps(sorter_folder))
             if reference is not None:
@@ -284,13 +300,14 @@ def teacher_markdown(rows: list[dict]) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    columns = ["preset", "candidate", "accuracy", "delta", "worst_unit_delta", "first_bin", "last_bin", "decay",
-               "time_s", "annotation_s", "training_s", "inference_s"]
-    header = ["preset", "candidate", "held-out accuracy", "- published (mean)", "- published (worst unit)",
-              "first minute", "last minute", "last - first", "run_sorter (s)", "annotation (s)",
-              "training + thresholds (s)", "inference (s)"]
-    if not any("decay" in row for row in rows):
-        columns, header = columns[:5] + columns[8:], header[:5] + header[8:]
+    named = dict(preset="preset", candidate="candidate", accuracy="held-out accuracy",
+                 well_detected="units >= 0.8", units_found="units found", delta="- published (mean)",
+                 worst_unit_delta="- published (worst unit)", first_bin="first minute", last_bin="last minute",
+                 decay="last - first", time_s="run_sorter (s)", annotation_s="annotation (s)",
+                 training_s="training + thresholds (s)", inference_s="inference (s)")
+    optional = ("well_detected", "units_found", "first_bin", "last_bin", "decay")
+    columns = [c for c in named if c not in optional or any(c in row for row in rows)]
+    header = [named[c] for c in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = []
