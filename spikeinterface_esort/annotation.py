@@ -354,12 +354,18 @@ def drop_small_units(annotations: Annotations, min_spikes: int) -> Annotations:
         )
     remap = np.full(annotations.num_units, -1, dtype=np.int64)
     remap[keep_units] = np.arange(len(keep_units))
-    keep = remap[annotations.unit_index] >= 0
+    return remap_units(annotations, remap, annotations.unit_ids[keep_units])
+
+
+def remap_units(annotations: Annotations, remap: np.ndarray, unit_ids: np.ndarray, source: str | None = None) -> Annotations:
+    """``annotations`` with the spikes of unit ``i`` given to unit ``remap[i]`` of ``unit_ids`` (-1: dropped)."""
+    new_unit = remap[annotations.unit_index]
+    keep = new_unit >= 0
     return Annotations(
         sample_index=annotations.sample_index[keep],
-        unit_index=remap[annotations.unit_index[keep]],
-        unit_ids=annotations.unit_ids[keep_units],
-        source=annotations.source,
+        unit_index=new_unit[keep],
+        unit_ids=np.asarray(unit_ids),
+        source=annotations.source if source is None else source,
         uncertain=None if annotations.uncertain is None else annotations.uncertain[keep],
     )
 

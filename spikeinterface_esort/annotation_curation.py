@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from spikeinterface.core import BaseRecording, NumpySorting
 
-from .annotation import Annotations
+from .annotation import Annotations, remap_units
 
 logger = logging.getLogger("spikeinterface_esort")
 
@@ -123,7 +123,8 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
     if curation.get("remove_redundant", False):
         from spikeinterface.curation import remove_redundant_units
 
-        alive = [unit_id for unit_id in analyzer.unit_ids if unit_id in set(fate.values())]
+        surviving = set(fate.values())
+        alive = [unit_id for unit_id in analyzer.unit_ids if unit_id in surviving]
         alive_analyzer = analyzer.select_units(alive)  # a unit removed above cannot stand in for its duplicate
         kept = set(remove_redundant_units(alive_analyzer, remove_strategy="minimum_shift").unit_ids)
         redundant = [unit_id for unit_id in alive if unit_id not in kept]
@@ -179,12 +180,5 @@ def _apply_fate(annotations: Annotations, fate: dict) -> Annotations:
     survivors = [u for u in annotations.unit_ids if u in kept]
     index_of = {u: i for i, u in enumerate(survivors)}
     remap = np.array([index_of[fate[u]] if fate[u] is not None else -1 for u in annotations.unit_ids], dtype=np.int64)
-    new_unit = remap[annotations.unit_index]
-    keep = new_unit >= 0
-    return Annotations(
-        sample_index=annotations.sample_index[keep],
-        unit_index=new_unit[keep],
-        unit_ids=np.asarray(survivors, dtype=annotations.unit_ids.dtype),
-        source=annotations.source + " (curated)",
-        uncertain=None if annotations.uncertain is None else annotations.uncertain[keep],
-    )
+    return remap_units(annotations, remap, np.asarray(survivors, dtype=annotations.unit_ids.dtype),
+                       source=annotations.source + " (curated)")
