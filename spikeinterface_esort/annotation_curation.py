@@ -4,12 +4,12 @@ A teacher sorter's units on a short window carry its errors: one neuron split in
 units, noise or contaminated units. When ``annotation_curation`` is set, the annotations are read as a sorting
 of the (preprocessed) training recording and cleaned, in this order, by SpikeInterface's own tools:
 
-1. ``merge_presets``: ``spikeinterface.curation.auto_merge_units``-style merging, one preset after the other
-   (for example ``"similarity_correlograms"``, ``"temporal_splits"``), each repeated until it finds no merge;
-   ``merge_steps_params`` overrides the presets' step parameters (``min_spikes`` defaults to 100 there).
-2. ``unit_thresholds``: quality metrics (``compute_quality_metrics``: ``snr``, ``isi_violations_ratio``,
+1. ``unit_thresholds``: quality metrics (``compute_quality_metrics``: ``snr``, ``isi_violations_ratio``,
    ``presence_ratio``, ``amplitude_cutoff``, ...) labelled with ``threshold_metrics_label_units``; the units that
-   fail are removed with their spikes.
+   fail are removed with their spikes (first, so that a noise unit is never merged into a good one).
+2. ``merge_presets``: ``spikeinterface.curation.auto_merge_units``-style merging of the remaining units, one
+   preset after the other (for example ``"x_contaminations"``, ``"similarity_correlograms"``), each repeated until
+   it finds no merge; ``merge_steps_params`` overrides the presets' step parameters (``min_spikes`` is 100 there).
 3. ``remove_redundant``: ``remove_redundant_units`` drops units that duplicate another's spikes.
 
 The log gives each step's merged and removed units and spikes; ``annotation_curation.json`` in the sorter folder
@@ -75,9 +75,10 @@ def quality_metric_columns() -> list[str]:
 
 
 def curate_annotations(annotations: Annotations, training_recording: BaseRecording, curation: dict,
-                       folder: Path, job_kwargs: dict) -> Annotations:
+                       folder: Path, job_kwargs: dict, seed: int = 0) -> Annotations:
     """``annotations`` (frames of ``training_recording``, the preprocessed training recording) after the
-    ``curation`` steps; a report is written to ``folder / "annotation_curation.json"``."""
+    ``curation`` steps; a report is written to ``folder / "annotation_curation.json"``. ``seed`` fixes the random
+    spikes that SpikeInterface's templates are averaged over."""
     import spikeinterface.core as sic
 
     sorting = NumpySorting.from_samples_and_labels(
@@ -85,23 +86,10 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
         training_recording.get_sampling_frequency(), unit_ids=annotations.unit_ids,
     )
     analyzer = sic.create_sorting_analyzer(sorting, training_recording, sparse=True, format="memory")
-    analyzer.compute(["random_spikes", "noise_levels", "templates"], **job_kwargs)
+    analyzer.compute(dict(random_spikes=dict(seed=seed), noise_levels={}, templates={}), **job_kwargs)
     # each annotated unit -> the unit it ends in (None: removed)
     fate: dict = {unit_id: unit_id for unit_id in annotations.unit_ids}
     report: dict = dict(units_before=int(annotations.num_units), spikes_before=int(len(annotations.sample_index)))
-
-    merges = []
-    for preset in curation.get("merge_presets", []):
-        analyzer, groups = _merge_until_stable(analyzer, preset, curation.get("merge_steps_params", {}), job_kwargs)
-        for group in groups:
-            for unit_id in group[1:]:
-                for old, new in fate.items():
-                    if new == unit_id:
-                        fate[old] = group[0]
-        merges += [dict(preset=preset, units=[str(u) for u in group]) for group in groups]
-    report["merges"] = merges
-    _log_step("merged", sum(len(m["units"]) - 1 for m in merges), "unit(s) into others",
-              [f"{m['units']} ({m['preset']})" for m in merges])
 
     thresholds = curation.get("unit_thresholds", {})
     if thresholds:
@@ -119,6 +107,22 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
         _remove(fate, failed)
         _log_step("removed", len(failed), "unit(s) failing unit_thresholds", [
             f"{u} ({', '.join(f'{m} {metrics.loc[u, m]:.3g}' for m in thresholds)})" for u in failed])
+
+    merges = []
+    if curation.get("merge_presets"):  # a unit removed above is not merged into a good one
+        surviving = set(fate.values())
+        analyzer = analyzer.select_units([unit_id for unit_id in analyzer.unit_ids if unit_id in surviving])
+    for preset in curation.get("merge_presets", []):
+        analyzer, groups = _merge_until_stable(analyzer, preset, curation.get("merge_steps_params", {}), job_kwargs)
+        for group in groups:
+            for unit_id in group[1:]:
+                for old, new in fate.items():
+                    if new == unit_id:
+                        fate[old] = group[0]
+        merges += [dict(preset=preset, units=[str(u) for u in group]) for group in groups]
+    report["merges"] = merges
+    _log_step("merged", sum(len(m["units"]) - 1 for m in merges), "unit(s) into others",
+              [f"{m['units']} ({m['preset']})" for m in merges])
 
     if curation.get("remove_redundant", False):
         from spikeinterface.curation import remove_redundant_units

@@ -82,7 +82,7 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
             if params["annotation_curation"] is not None:
                 annotations = curate_annotations(
                     annotations, window.training_recording(preprocessed), params["annotation_curation"], folder,
-                    dict(job_kwargs, progress_bar=progress_bar),
+                    dict(job_kwargs, progress_bar=progress_bar), seed=params["seed"],
                 )
                 annotations = checked_annotations(annotations, window, params)
 
