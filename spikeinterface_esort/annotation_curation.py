@@ -1,8 +1,9 @@
 """Annotation curation: the annotated units cleaned with SpikeInterface's curation before training.
 
 A teacher sorter's units on a short window carry its errors: one neuron split into several units, duplicated
-units, noise or contaminated units. When ``annotation_curation`` is set, the annotations are read as a sorting
-of the (preprocessed) training recording and cleaned, in this order, by SpikeInterface's own tools:
+units, noise or contaminated units. By default (``annotation_curation="auto"``) a teacher sorter's units with an
+SNR of 3 or less are removed (``TEACHER_CURATION``) and a saved sorting is used as given. The annotations are read
+as a sorting of the (preprocessed) training recording and cleaned, in this order, by SpikeInterface's own tools:
 
 1. ``unit_thresholds``: quality metrics (``compute_quality_metrics``: ``snr``, ``isi_violations_ratio``,
    ``presence_ratio``, ``amplitude_cutoff``, ...) labelled with ``threshold_metrics_label_units``; the units that
@@ -18,6 +19,7 @@ keeps them with the quality metrics.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -30,11 +32,23 @@ from .annotation import Annotations, remap_units
 logger = logging.getLogger("spikeinterface_esort")
 
 CURATION_KEYS = ("merge_presets", "merge_steps_params", "unit_thresholds", "remove_redundant")
+# annotation_curation="auto" for a teacher sorter's annotations: its noise units (SNR 3 or less) removed
+# (measured across the benchmark presets: docs/real-data.md)
+TEACHER_CURATION = {"unit_thresholds": {"snr": {"greater": 3.0}}}
+
+
+def resolve_annotation_curation(params: dict) -> dict | None:
+    """The curation that runs: ``annotation_curation`` as given, or for ``"auto"`` ``TEACHER_CURATION`` when a
+    teacher sorter annotates (``annotation_sorting_path`` None) and None for a saved sorting."""
+    curation = params["annotation_curation"]
+    if curation == "auto":
+        return None if params["annotation_sorting_path"] is not None else copy.deepcopy(TEACHER_CURATION)
+    return curation
 
 
 def check_annotation_curation(curation: dict | None) -> None:
     """Raise ``ValueError`` naming what is wrong in the ``annotation_curation`` parameter."""
-    if curation is None:
+    if curation is None or curation == "auto":
         return
     from spikeinterface.curation.auto_merge import _compute_merge_presets, _default_step_params
 
@@ -74,11 +88,18 @@ def quality_metric_columns() -> list[str]:
             for column in metric.metric_columns]
 
 
+def quality_metrics_for(thresholds: dict) -> list:
+    """SpikeInterface's quality metrics (their classes) that compute the columns named in ``thresholds``."""
+    from spikeinterface.metrics.quality.quality_metrics import ComputeQualityMetrics
+
+    return [metric for metric in ComputeQualityMetrics.metric_list if set(metric.metric_columns) & set(thresholds)]
+
+
 def curate_annotations(annotations: Annotations, training_recording: BaseRecording, curation: dict,
                        folder: Path, job_kwargs: dict, seed: int = 0) -> Annotations:
     """``annotations`` (frames of ``training_recording``, the preprocessed training recording) after the
     ``curation`` steps; a report is written to ``folder / "annotation_curation.json"``. ``seed`` fixes the random
-    spikes that SpikeInterface's templates are averaged over."""
+    spikes that SpikeInterface's templates are averaged over and the chunks its noise levels are measured on."""
     import spikeinterface.core as sic
 
     sorting = NumpySorting.from_samples_and_labels(
@@ -86,7 +107,8 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
         training_recording.get_sampling_frequency(), unit_ids=annotations.unit_ids,
     )
     analyzer = sic.create_sorting_analyzer(sorting, training_recording, sparse=True, format="memory")
-    analyzer.compute(dict(random_spikes=dict(seed=seed), noise_levels={}, templates={}), **job_kwargs)
+    analyzer.compute(dict(random_spikes=dict(seed=seed), noise_levels=dict(random_slices_kwargs=dict(seed=seed)),
+                          templates={}), **job_kwargs)
     # each annotated unit -> the unit it ends in (None: removed)
     fate: dict = {unit_id: unit_id for unit_id in annotations.unit_ids}
     report: dict = dict(units_before=int(annotations.num_units), spikes_before=int(len(annotations.sample_index)))
@@ -95,9 +117,12 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
     if thresholds:
         from spikeinterface.curation import threshold_metrics_label_units
 
-        if "spike_amplitudes" not in analyzer.get_loaded_extension_names():
-            analyzer.compute("spike_amplitudes", **job_kwargs)
-        analyzer.compute("quality_metrics", skip_pc_metrics=True, **job_kwargs)
+        metrics_needed = quality_metrics_for(thresholds)  # only these, not the whole table
+        for dependency in sorted({d for metric in metrics_needed for d in metric.depend_on}):
+            options = dependency.split("|")  # "a|b": either extension will do
+            if not set(options) & set(analyzer.get_loaded_extension_names()):
+                analyzer.compute(options[0], **job_kwargs)
+        analyzer.compute("quality_metrics", metric_names=[m.metric_name for m in metrics_needed], **job_kwargs)
         metrics = analyzer.get_extension("quality_metrics").get_data()
         # a metric the window is too short for (NaN, e.g. presence_ratio under 60 s) removes no unit
         labels = threshold_metrics_label_units(metrics, thresholds, nan_policy="ignore")["label"]

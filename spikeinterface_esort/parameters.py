@@ -141,12 +141,14 @@ PARAMETERS: tuple[Parameter, ...] = (
               "no held-out validation (training runs all epochs) and thresholds are detection_threshold, or with "
               "'auto' each unit's at the gap between its weak and strong responses on the training window "
               "(docs/transfer-learning.md). None: every annotated spike.", minimum=1),
-    Parameter("annotation_curation", None, (dict, None), "annotation",
+    Parameter("annotation_curation", "auto", (str, dict, None), "annotation",
               "Clean the annotated units with SpikeInterface's curation before training: a dict with any of "
               "'merge_presets' (list of auto-merge presets, e.g. ['similarity_correlograms']), 'merge_steps_params' "
               "(their step parameters), 'unit_thresholds' (quality metric -> {'greater'/'less': value}; units that "
-              "fail are removed) and 'remove_redundant' (bool). Applies to every annotation source: leave None for "
-              "ground truth or a curated sorting (docs/real-data.md). None: no cleaning."),
+              "fail are removed) and 'remove_redundant' (bool). 'auto': a teacher sorter's units are removed when "
+              "their SNR in the window is 3 or less (annotation_curation.TEACHER_CURATION; "
+              "docs/real-data.md); a saved sorting (annotation_sorting_path: ground truth, a curated sorting) is "
+              "used as given. None: no cleaning.", choices=("auto",)),
     Parameter("min_spikes_per_unit", 10, (int,), "annotation",
               "Annotated units with fewer spikes in the training window are dropped (the log lists them).",
               minimum=1),
@@ -263,7 +265,7 @@ PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
 # run_sorter("esort", recording, **PUBLISHED_PARAMS) takes it; docs/defaults.md compares it with the defaults.
 PUBLISHED_PARAMS = dict(
     spatial_radius_um=None, training_dtype="float32", inference_dtype="float32", inference_stride=1,
-    epochs=30, patience=5, spikes_per_epoch=None, unit_balance=0.0,
+    epochs=30, patience=5, spikes_per_epoch=None, unit_balance=0.0, annotation_curation=None,
 )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from spikeinterface.core import BaseRecording, NumpySorting
 
 from .annotation import annotate, check_annotation_source, checked_annotations, training_window
-from .annotation_curation import check_annotation_curation, curate_annotations
+from .annotation_curation import check_annotation_curation, curate_annotations, resolve_annotation_curation
 from .device import resolve_device, resolve_precision, torch_threads
 from .inference import detect_in_recording
 from .jobs import StepTimer, chunk_size_from_job_kwargs, file_log, resolve_job_kwargs, run_summary
@@ -79,9 +79,13 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
 
         with timer("annotation"):
             annotations = annotate(recording, window, params, folder, verbose)
-            if params["annotation_curation"] is not None:
+            curation = resolve_annotation_curation(params)
+            if params["annotation_curation"] == "auto":
+                logger.info("annotation curation: auto -> %s", "none (a saved sorting is used as given)"
+                            if curation is None else json.dumps(curation))
+            if curation is not None:
                 annotations = curate_annotations(
-                    annotations, window.training_recording(preprocessed), params["annotation_curation"], folder,
+                    annotations, window.training_recording(preprocessed), curation, folder,
                     dict(job_kwargs, progress_bar=progress_bar), seed=params["seed"],
                 )
                 annotations = checked_annotations(annotations, window, params)

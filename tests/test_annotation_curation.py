@@ -10,8 +10,8 @@ import spikeinterface.full as si
 
 import spikeinterface_esort  # noqa: F401
 from spikeinterface_esort.annotation import Annotations, sorting_to_annotations, training_window
-from spikeinterface_esort.annotation_curation import curate_annotations
-from spikeinterface_esort.parameters import default_params
+from spikeinterface_esort.annotation_curation import TEACHER_CURATION, curate_annotations, resolve_annotation_curation
+from spikeinterface_esort.parameters import default_params, validate_params
 from spikeinterface_esort.preprocessing import preprocess
 
 
@@ -79,3 +79,46 @@ def test_bad_annotation_curation_is_refused_before_any_work(small_recording, tmp
     with pytest.raises(ValueError, match=message):
         si.run_sorter("esort", recording, folder=tmp_path / "out", annotation_sorting_path=str(gt_folder),
                       annotation_curation=curation)
+
+
+def test_run_sorter_trains_on_the_curated_units(small_recording, tmp_path):
+    """The user's story: a teacher's sorting saved to disk holds a unit of random times; run_sorter with
+    annotation_curation drops it before training, says so in the log and the report, and sorts the true units."""
+    recording, truth, _ = small_recording
+    fs = recording.get_sampling_frequency()
+    rng = np.random.default_rng(1)
+    noise_frames = np.sort(rng.choice(np.arange(100, recording.get_num_samples() - 100), size=300, replace=False))
+    spikes = truth.to_spike_vector()
+    unit_ids = np.asarray(truth.unit_ids).astype(str)
+    teacher = si.NumpySorting.from_samples_and_labels(
+        [np.concatenate([spikes["sample_index"], noise_frames])],
+        [np.concatenate([unit_ids[spikes["unit_index"]], np.full(len(noise_frames), "noise")])],
+        fs,
+    )
+    teacher_folder = tmp_path / "teacher"
+    teacher.save(folder=teacher_folder)
+
+    sorting = si.run_sorter("esort", recording, folder=tmp_path / "out", annotation_sorting_path=str(teacher_folder),
+                            train_duration_s=8.0, annotation_curation={"unit_thresholds": {"snr": {"greater": 1.0}}})
+
+    assert sorted(map(str, sorting.unit_ids)) == sorted(unit_ids)
+    report = json.loads((tmp_path / "out" / "sorter_output" / "annotation_curation.json").read_text())
+    assert report["failed_thresholds"] == ["noise"]
+    log = (tmp_path / "out" / "sorter_output" / "esort.log").read_text()
+    assert "annotation curation:" in log and "noise" in log
+    performance = si.compare_sorter_to_ground_truth(truth, sorting, exhaustive_gt=True).get_performance()
+    assert performance["accuracy"].mean() > 0.8
+
+
+def test_auto_curation_cleans_a_teacher_and_leaves_a_saved_sorting_as_given():
+    """The default, 'auto': a teacher sorter's units are cleaned with TEACHER_CURATION, ground truth or a sorting the
+    user curated is not touched; a dict or None is used as given."""
+    params = default_params()
+    assert params["annotation_curation"] == "auto" and params["annotation_sorting_path"] is None
+    assert resolve_annotation_curation(params) == TEACHER_CURATION
+    assert resolve_annotation_curation(dict(params, annotation_sorting_path="curated")) is None
+    mine = {"remove_redundant": True}
+    assert resolve_annotation_curation(dict(params, annotation_curation=mine)) == mine
+    assert resolve_annotation_curation(dict(params, annotation_curation=None)) is None
+    with pytest.raises(ValueError, match="annotation_curation"):
+        validate_params(dict(params, annotation_curation="yes"))

@@ -10,8 +10,8 @@ with ``compare_sorter_to_ground_truth``. Ground-truth annotations keep the teach
 what changes between rows is the network's settings alone. Each row gives held-out accuracy, its difference from
 the ``published`` candidate on the same preset (mean and worst unit), run_sorter's wall time and esort's training
 and inference steps. ``--teacher-annotations`` trains every candidate on the annotations of esort's default
-teacher instead (run once per preset on the annotation window, saved and shared), as a user without ground truth
-would. ``--teacher-windows`` adds rows for the annotation window instead: esort with its defaults
+teacher instead (run once per preset on the annotation window, saved and shared, and curated as esort curates
+its teacher's units unless the candidate sets ``annotation_curation``), as a user without ground truth would. ``--teacher-windows`` adds rows for the annotation window instead: esort with its defaults
 and the default teacher on windows of the given lengths, on the ``long`` preset, scored after the longest window.
 Written to ``folder``: ``settings.csv`` and ``settings.md``.
 """
@@ -19,6 +19,7 @@ Written to ``folder``: ``settings.csv`` and ``settings.md``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..annotation_curation import TEACHER_CURATION
 from ..parameters import PUBLISHED_PARAMS, default_params
 
 CANDIDATES = {
@@ -155,6 +157,9 @@ def settings_study(folder: Path, presets: list[str], candidates: list[str], long
         reference = None
         for candidate in candidates:
             params = candidate_params(candidate)
+            if teacher and params.get("annotation_curation", "auto") == "auto":
+                # the teacher's annotations come as a saved sorting: curate them as esort curates its teacher's
+                params["annotation_curation"] = copy.deepcopy(TEACHER_CURATION)
             name = re.sub(r"[^\w.-]+", "_", candidate.replace("=", "_").replace(",", "__")).strip("_")
             name += "_teacher" if teacher else ""
             sorter_folder = folder / preset / "runs" / name
