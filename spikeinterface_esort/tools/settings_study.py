@@ -11,8 +11,9 @@ what changes between rows is the network's settings alone. Each row gives held-o
 the ``published`` candidate on the same preset (mean and worst unit), run_sorter's wall time and esort's training
 and inference steps. ``--teacher-annotations`` trains every candidate on the annotations of esort's default
 teacher instead (run once per preset on the annotation window, saved and shared, and curated as esort curates
-its teacher's units unless the candidate sets ``annotation_curation``), as a user without ground truth would. ``--teacher-windows`` adds rows for the annotation window instead: esort with its defaults
-and the default teacher on windows of the given lengths, on the ``long`` preset, scored after the longest window.
+its teacher's units unless the candidate sets ``annotation_curation``), as a user without ground truth would.
+``--teacher-windows`` adds rows for the annotation window instead: esort with its defaults and the default teacher
+on windows of the given lengths, on the ``long`` preset, scored after the longest window.
 Written to ``folder``: ``settings.csv`` and ``settings.md``.
 """
 
