@@ -99,14 +99,15 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
                        folder: Path, job_kwargs: dict, seed: int = 0) -> Annotations:
     """``annotations`` (frames of ``training_recording``, the preprocessed training recording) after the
     ``curation`` steps; a report is written to ``folder / "annotation_curation.json"``. ``seed`` fixes the random
-    spikes that SpikeInterface's templates are averaged over and the chunks its noise levels are measured on."""
+    spikes that SpikeInterface's sparsity and templates are estimated from and the chunks its noise levels are
+    measured on."""
     import spikeinterface.core as sic
 
     sorting = NumpySorting.from_samples_and_labels(
         [annotations.sample_index], [annotations.unit_ids[annotations.unit_index]],
         training_recording.get_sampling_frequency(), unit_ids=annotations.unit_ids,
     )
-    analyzer = sic.create_sorting_analyzer(sorting, training_recording, sparse=True, format="memory")
+    analyzer = sic.create_sorting_analyzer(sorting, training_recording, sparse=True, format="memory", seed=seed)
     analyzer.compute(dict(random_spikes=dict(seed=seed), noise_levels=dict(random_slices_kwargs=dict(seed=seed)),
                           templates={}), **job_kwargs)
     # each annotated unit -> the unit it ends in (None: removed)

@@ -48,8 +48,9 @@ def test_curation_merges_a_split_unit_and_removes_a_noise_unit(ground_truth_reco
         tmp_path, dict(n_jobs=1, progress_bar=False),
     )
 
+    report = json.loads((tmp_path / "annotation_curation.json").read_text())
     assert teacher.num_units == exact.num_units + 2
-    assert curated.num_units == exact.num_units
+    assert curated.num_units == exact.num_units, report
     assert "noise" not in curated.unit_ids and "split half" not in curated.unit_ids
     np.testing.assert_array_equal(np.sort(curated.spike_counts()), np.sort(exact.spike_counts()))
     truth_sorting = as_sorting(exact, fs).rename_units(exact.unit_ids.astype(str))
@@ -60,7 +61,6 @@ def test_curation_merges_a_split_unit_and_removes_a_noise_unit(ground_truth_reco
     assert after.get_performance().loc[busiest_id, "accuracy"] == pytest.approx(1.0)
     assert after.count_false_positive_units() == 0 < before.count_false_positive_units()
 
-    report = json.loads((tmp_path / "annotation_curation.json").read_text())
     assert sorted(report["merges"][0]["units"]) == sorted([busiest_id, "split half"])
     assert report["failed_thresholds"] == ["noise"]
     assert report["units_before"] == exact.num_units + 2 and report["units_after"] == exact.num_units
