@@ -20,7 +20,6 @@ Written to ``folder``: ``settings.csv`` and ``settings.md``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..annotation_curation import TEACHER_CURATION
+from ..annotation_curation import resolve_annotation_curation
 from ..parameters import PUBLISHED_PARAMS, default_params
 
 CANDIDATES = {
@@ -158,9 +157,8 @@ def settings_study(folder: Path, presets: list[str], candidates: list[str], long
         reference = None
         for candidate in candidates:
             params = candidate_params(candidate)
-            if teacher and params.get("annotation_curation", "auto") == "auto":
-                # the teacher's annotations come as a saved sorting: curate them as esort curates its teacher's
-                params["annotation_curation"] = copy.deepcopy(TEACHER_CURATION)
+            if teacher:  # the teacher's annotations come as a saved sorting: curated as esort curates its teacher's
+                params["annotation_curation"] = resolve_annotation_curation(dict(default_params(), **params))
             name = re.sub(r"[^\w.-]+", "_", candidate.replace("=", "_").replace(",", "__")).strip("_")
             name += "_teacher" if teacher else ""
             sorter_folder = folder / preset / "runs" / name
