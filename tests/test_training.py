@@ -68,6 +68,19 @@ def test_drift_augmentation_shifts_signals_along_the_probe():
     assert moved[0, 4, 0].item() > 0.9
 
 
+def test_drift_augmentation_kernels_are_spikeinterfaces_kriging_shift_by_shift():
+    """The kernels of every shift, computed in one call, are those SpikeInterface's kriging gives each shift alone."""
+    from spikeinterface.preprocessing.preprocessing_tools import get_spatial_interpolation_kernel
+
+    locations = generate_multi_columns_probe(num_columns=2, num_contact_per_column=12, ypitch=20).contact_positions
+    augmentation = DriftAugmentation(locations, max_shift_um=15.0, device=torch.device("cpu"))
+    assert len(augmentation.kernels) == 31
+    for shift, kernel in zip(augmentation.shifts_um, augmentation.kernels):
+        alone = get_spatial_interpolation_kernel(locations, locations + np.array([0.0, shift]), method="kriging",
+                                                 sigma_um=20.0, p=2, force_extrapolate=True)
+        np.testing.assert_allclose(kernel.numpy(), alone, atol=1e-6)
+
+
 def test_drift_augmentation_is_bounded_by_the_probe_depth():
     from spikeinterface_esort.training import drift_augmentation_range
 
