@@ -27,7 +27,7 @@ def trained_like_network(channels: int, units: int = 5) -> ESortNetwork:
     return network.eval()
 
 
-@pytest.mark.parametrize("stride", [1, 3])
+@pytest.mark.parametrize("stride", [1, 2, 3, 16])  # frames of 32, 30, 20 and 8 windows (CPU)
 def test_folded_network_equals_the_network_across_blocks(stride):
     network = trained_like_network(8)
     folded = FoldedNetwork(network)

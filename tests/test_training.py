@@ -195,3 +195,21 @@ def test_local_spatial_product_gives_the_masked_products_and_their_gradients():
     torch.testing.assert_close(local, dense, atol=1e-5, rtol=1e-4)
     masked = network.spatial.weight.grad[:, :, 0] * network.spatial_mask.repeat_interleave(3, dim=1)
     torch.testing.assert_close(grad, masked, atol=1e-4, rtol=1e-4)
+
+
+def test_training_step_tool_trains_on_saved_annotations_and_reports(small_recording, capsys):
+    """The study tool trains the sorter's network on a saved recording's window from a saved sorting, with the
+    parameters it is given, and reports each epoch and the held-out accuracy against the annotations."""
+    from spikeinterface_esort.tools.training_step import main
+
+    recording, _, truth_folder = small_recording
+    main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
+          "--set", "epochs=2", "train_duration_s=8.0", "--n-jobs", "1"])
+    out = capsys.readouterr().out
+    assert "4 units" in out and "epochs: " in out
+    assert len(out.split("validation loss per epoch: ")[1].splitlines()[0].split(", ")) == 2
+    accuracy = float(out.rsplit("mean over 4 units: ", 1)[1].split()[0])
+    assert accuracy > 0.8  # ground truth as annotations: the held-out part agrees with them
+    with pytest.raises(ValueError, match="epochs"):
+        main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
+              "--set", "epochs=0"])
