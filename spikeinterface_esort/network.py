@@ -251,9 +251,9 @@ class FoldedNetwork:
     On CPU the first temporal filter is one matrix product per block instead of a convolution (``framed_filter``):
     each channel's traces are cut into overlapping frames of ``(k - 1) * stride + window_samples`` samples, one
     every ``k * stride`` samples, and a frame times a banded (frame samples, f1 * k) matrix gives the filter's f1
-    outputs at the k window starts of its stretch. It computes a few more products than the convolution (the band
-    is zero elsewhere) but runs as a large matrix product: 4-7x faster than ``conv1d`` at 384 channels and stride 2
-    on the machine of docs/speed.md.
+    outputs at the k window starts of its stretch. It computes more products than the convolution (the band is zero
+    elsewhere) but as one large matrix product, which the CPU runs much faster than ``conv1d`` with one input channel
+    and a stride (the throughput figures in docs/speed.md).
     """
 
     CAST_SLICE_SAMPLES = 1024

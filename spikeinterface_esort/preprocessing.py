@@ -114,10 +114,10 @@ def median_of_sorted_rows(ordered: np.ndarray | torch.Tensor) -> np.ndarray | to
 def transposed_float32(array: np.ndarray) -> np.ndarray:
     """``array.T`` as a contiguous float32 array, copied in tiles of ``TRANSPOSE_TILE`` rows that stay in cache.
 
-    The FFT filter on one thread works channel-major: FFTs along contiguous rows of (channels, samples) are about
-    2.6x faster than along the samples axis of (samples, channels), and the two tiled transposes cost less than
-    that saves (a 1 s chunk of 384 channels: 0.17 s -> 0.07 s of FFTs for 0.04 s of transposes, docs/speed.md).
-    With several FFT workers the samples-axis transform is kept (it parallelises better; CHANGELOG.md)."""
+    The FFT filter on one thread works channel-major: FFTs along contiguous rows of (channels, samples) are much
+    faster than along the samples axis of (samples, channels), and the two tiled transposes cost less than that
+    saves (reading + filtering on one thread: docs/speed.md). With several FFT workers the samples-axis transform is
+    kept (it parallelises better; CHANGELOG.md)."""
     out = np.empty((array.shape[1], array.shape[0]), dtype=np.float32)
     for first in range(0, array.shape[0], TRANSPOSE_TILE):
         out[:, first : first + TRANSPOSE_TILE] = array[first : first + TRANSPOSE_TILE].T

@@ -68,8 +68,8 @@ def load_traces(
 
     def read(s: int) -> None:
         e = min(s + chunk_size, stop)
-        block = np.require(read_block(recording, s, e, segment_index=0), dtype=np.float32, requirements=["C", "W"])
-        block *= scale  # in place: read_block's float32 chunk is already a copy of its own (or was converted)
+        # one pass into a new array: read_block may return a view of the recording's own traces (never written)
+        block = np.multiply(read_block(recording, s, e, segment_index=0), scale, dtype=np.float32)
         out[s - start : e - start] = torch.from_numpy(block)
 
     starts = range(start, stop, chunk_size)

@@ -213,3 +213,23 @@ def test_training_step_tool_trains_on_saved_annotations_and_reports(small_record
     with pytest.raises(ValueError, match="epochs"):
         main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
               "--set", "epochs=0"])
+
+
+def test_load_traces_normalises_without_touching_the_recording():
+    """Traces are divided by the noise levels into a new tensor (bfloat16 for mixed precision); a recording whose
+    get_traces returns its own array is left as it was."""
+    from spikeinterface.core import NumpyRecording
+
+    from spikeinterface_esort.training import load_traces
+
+    traces = np.random.default_rng(0).standard_normal((3000, 4)).astype("float32")
+    original = traces.copy()
+    recording = NumpyRecording(traces, 30000.0)
+    noise = np.array([1.0, 2.0, 4.0, 0.5], dtype="float32")
+    for dtype in (torch.float16, torch.bfloat16):
+        loaded = load_traces(recording, 0, 3000, noise, chunk_size=1000, progress_bar=False, n_jobs=2, dtype=dtype)
+        assert loaded.dtype == dtype
+        torch.testing.assert_close(loaded.float(), torch.from_numpy(original / noise), atol=0.02, rtol=0.01)
+    np.testing.assert_array_equal(traces, original)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        load_traces(recording, 0, 3000, noise, chunk_size=1000, progress_bar=False, dtype=torch.float32)
