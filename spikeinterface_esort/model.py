@@ -288,7 +288,7 @@ def fit_model(
             backbone = resolve_backbone(params["pretrained_weights"], locations, fs)
         traces = load_traces(
             training_recording, 0, window.num_samples, noise_levels, chunk_size=chunk_size, progress_bar=progress_bar,
-            n_jobs=n_jobs, dtype=torch.bfloat16 if params["training_dtype"] == "bfloat16" else torch.float16,
+            n_jobs=n_jobs,
         )
         jitter = int(round(params["jitter_ms"] * fs / 1000.0))
         network, history = fit_network(

@@ -248,7 +248,8 @@ class FoldedNetwork:
     ``dtype`` is the precision of every layer (the normalised input included; logits are returned as float32):
     float32 (exact), bfloat16 (CPUs with AVX-512 BF16 or AMX, GPUs) or float16 (GPUs).
 
-    On CPU the first temporal filter is one matrix product per block instead of a convolution (``framed_filter``):
+    On CPU in bfloat16 the first temporal filter is one matrix product per block instead of a convolution
+    (``framed_filter``):
     each channel's traces are cut into overlapping frames of ``(k - 1) * stride + window_samples`` samples, one
     every ``k * stride`` samples, and a frame times a banded (frame samples, f1 * k) matrix gives the filter's f1
     outputs at the k window starts of its stretch. It computes more products than the convolution (the band is zero
@@ -326,7 +327,9 @@ class FoldedNetwork:
         if samples < self.window_samples:
             raise ValueError(f"ESortNetwork needs at least {self.window_samples} samples, got {samples}.")
         windows = (samples - self.window_samples) // stride + 1
-        framed = traces.device.type == "cpu"
+        # float32 keeps the convolution: its logits do not depend on how the recording is cut into chunks (online =
+        # offline to the bit), a matrix product's rounding can; bfloat16 makes no such promise
+        framed = traces.device.type == "cpu" and self.dtype != torch.float32
         if framed:  # frames of k windows; the input padded with zeros to a whole number of frames
             k, banded = self.framed_filter(stride, traces.device)
             frame_step, frame_samples = k * stride, banded.shape[0]

@@ -54,16 +54,12 @@ def load_traces(
     chunk_size: int,
     progress_bar: bool,
     n_jobs: int = 1,
-    dtype: torch.dtype = torch.float16,
 ) -> torch.Tensor:
-    """Noise-normalised traces (samples, channels) of frames [start, stop) of segment 0, as ``dtype`` (float16, or
-    bfloat16 for mixed-precision training, which reads them so: no second copy to convert); chunks are read and
-    preprocessed by ``n_jobs`` threads (SpikeInterface's filters release the GIL)."""
+    """Noise-normalised traces (samples, channels) of frames [start, stop) of segment 0, as float16; chunks are
+    read and preprocessed by ``n_jobs`` threads (SpikeInterface's filters release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise ValueError(f"load_traces keeps traces as float16 or bfloat16, not {dtype}.")
-    out = torch.empty((stop - start, recording.get_num_channels()), dtype=dtype)
+    out = torch.empty((stop - start, recording.get_num_channels()), dtype=torch.float16)
     scale = (1.0 / noise_levels).astype("float32")
 
     def read(s: int) -> None:
@@ -246,7 +242,7 @@ def train_networks(
     for task in tasks:
         task.network.to(device)
         # in mixed precision the first matrix product reads the windows in bfloat16: the traces are stored so once
-        # (the values autocast would give every gathered window; fit_model loads them so), not cast per batch
+        # (the values autocast would give every gathered window; as small as load_traces' float16), not cast per batch
         traces.append(task.traces.to(device, torch.bfloat16) if mixed_precision else task.traces.to(device))
         validation = None
         if task.validation_sampler is not None and len(task.validation_sampler.anchor_samples) > 0:
