@@ -304,7 +304,7 @@ class FoldedNetwork:
             return 65536
         return int(min(8192, max(256, (1 << 22) // self.num_features)))
 
-    def framed_filter(self, stride: int, device: torch.device) -> tuple[int, torch.Tensor]:
+    def framed_filter(self, stride: int) -> tuple[int, torch.Tensor]:
         """The first temporal filter as a banded matrix for ``stride``: ``k`` window starts per frame (8 to 32,
         fewer at large strides so that a frame stays within a few windows) and the (frame samples, f1 * k) matrix
         whose column (f, j) holds filter f at rows j * stride ... j * stride + window_samples - 1."""
@@ -316,8 +316,7 @@ class FoldedNetwork:
             for j in range(k):
                 banded[j * stride : j * stride + samples, :, j] = weight.T
             self._framed[stride] = (k, banded.reshape(banded.shape[0], -1))
-        k, banded = self._framed[stride]
-        return k, banded.to(device)
+        return self._framed[stride]
 
     @torch.no_grad()
     def __call__(self, traces: torch.Tensor, stride: int = 1) -> torch.Tensor:
@@ -331,7 +330,7 @@ class FoldedNetwork:
         # offline to the bit), a matrix product's rounding can; bfloat16 makes no such promise
         framed = traces.device.type == "cpu" and self.dtype != torch.float32
         if framed:  # frames of k windows; the input padded with zeros to a whole number of frames
-            k, banded = self.framed_filter(stride, traces.device)
+            k, banded = self.framed_filter(stride)
             frame_step, frame_samples = k * stride, banded.shape[0]
             frames = -(-windows // k)
             padded = max(samples, (frames - 1) * frame_step + frame_samples)
