@@ -204,12 +204,19 @@ def test_training_step_tool_trains_on_saved_annotations_and_reports(small_record
 
     recording, _, truth_folder = small_recording
     main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
-          "--set", "epochs=2", "train_duration_s=8.0", "--n-jobs", "1"])
+          "--set", "epochs=2", "train_duration_s=8.0", "--n-jobs", "1",
+          "--ground-truth", str(truth_folder), "--score-s", "8", "12"])
     out = capsys.readouterr().out
     assert "4 units" in out and "epochs: " in out
     assert len(out.split("validation loss per epoch: ")[1].splitlines()[0].split(", ")) == 2
     accuracy = float(out.rsplit("mean over 4 units: ", 1)[1].split()[0])
     assert accuracy > 0.8  # ground truth as annotations: the held-out part agrees with them
+    # the 4 s after the window, sorted by the trained model and scored against the truth
+    scored = out.split("against ground truth on 8-12 s (0.0 s of it in the training window): accuracy ")[1]
+    assert float(scored.split(",")[0]) > 0.8
+    with pytest.raises(SystemExit):  # --score-s needs --ground-truth
+        main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
+              "--score-s", "8", "12"])
     with pytest.raises(ValueError, match="epochs"):
         main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
               "--set", "epochs=0"])

@@ -10,8 +10,11 @@ truth), read as ``annotation_sorting_path`` reads them (as given: no curation). 
 parameters choose on the recording (``train_duration_s``, ``train_pieces``; ``--set`` changes them like any other
 parameter, values in JSON). Printed: the step's log (its timestamps give reading the window and choosing the
 thresholds), the time of the whole step and of each epoch, the validation loss of each epoch, and the mean held-out
-accuracy of the units against the annotations (thresholds chosen per unit, as the sort's log reports it). Speed of
-one batch alone: ``training_speed``.
+accuracy of the units against the annotations (thresholds chosen per unit, as the sort's log reports it). With
+``--ground-truth`` and ``--score-s START END``, the trained model also sorts that stretch of the recording (outside
+the window) and is scored there against the ground truth with ``compare_sorter_to_ground_truth``: what the
+annotations' own held-out agreement cannot tell when they are a teacher's. Speed of one batch alone:
+``training_speed``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--annotations", required=True, help="a saved sorting folder, in the recording's time base")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=JSON", help="esort parameters to change")
     parser.add_argument("--n-jobs", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--ground-truth", default=None, help="a saved ground-truth sorting, to score --score-s against")
+    parser.add_argument("--score-s", nargs=2, type=float, default=None, metavar=("START", "END"),
+                        help="sort this stretch (s) with the trained model and score it against --ground-truth")
     args = parser.parse_args(argv)
+    if (args.ground_truth is None) != (args.score_s is None):
+        parser.error("--ground-truth and --score-s go together")
 
     import spikeinterface.core as sc
     import torch
@@ -71,6 +79,28 @@ def main(argv: list[str] | None = None) -> None:
     print("validation loss per epoch: " + ", ".join(f"{loss:.5f}" for loss in history["validation_loss"]))
     print(f"best epoch {history['best_epoch']}; held-out accuracy against the annotations, mean over "
           f"{len(accuracies)} units: {np.mean(accuracies):.3f}")
+    if args.ground_truth is not None:
+        print(score_against_ground_truth(model, recording, window, sc.load(args.ground_truth), args.score_s, n_jobs))
+
+
+def score_against_ground_truth(model, recording, window, ground_truth, score_s: list[float], n_jobs: int) -> str:
+    """Sort ``score_s`` = [start, end] (s) of ``recording`` with ``model`` and score it against ``ground_truth``
+    (``compare_sorter_to_ground_truth``, every truth unit); one line of means."""
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    fs = recording.get_sampling_frequency()
+    start, end = (int(round(t * fs)) for t in score_s)
+    if not 0 <= start < end <= recording.get_num_samples(segment_index=0):
+        raise ValueError(f"--score-s {score_s[0]} {score_s[1]} is not a stretch of the recording's first segment "
+                         f"({recording.get_num_samples(segment_index=0) / fs:.1f} s)")
+    overlap = sum(max(0, min(end, e) - max(start, s)) for s, e in window.pieces)
+    sorting = model.sort(recording.frame_slice(start, end), job_kwargs=dict(n_jobs=n_jobs, progress_bar=False))
+    performance = compare_sorter_to_ground_truth(ground_truth.frame_slice(start, end), sorting,
+                                                 exhaustive_gt=True).get_performance()
+    return (f"against ground truth on {score_s[0]:g}-{score_s[1]:g} s ({overlap / fs:.1f} s of it in the training "
+            f"window): accuracy {performance['accuracy'].mean():.3f}, precision {performance['precision'].mean():.3f}, "
+            f"recall {performance['recall'].mean():.3f}, well detected (>= 0.8) "
+            f"{int((performance['accuracy'] >= 0.8).sum())}/{len(performance)}; {len(sorting.unit_ids)} units")
 
 
 if __name__ == "__main__":
