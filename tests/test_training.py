@@ -217,6 +217,9 @@ def test_training_step_tool_trains_on_saved_annotations_and_reports(small_record
     with pytest.raises(SystemExit):  # --score-s needs --ground-truth
         main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
               "--score-s", "8", "12"])
+    with pytest.raises(ValueError, match="not a stretch of the recording"):  # refused before training
+        main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
+              "--ground-truth", str(truth_folder), "--score-s", "8", "20"])
     with pytest.raises(ValueError, match="epochs"):
         main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(truth_folder),
               "--set", "epochs=0"])

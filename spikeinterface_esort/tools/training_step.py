@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     n_jobs = resolve_job_kwargs(dict(n_jobs=args.n_jobs if args.n_jobs else -1))["n_jobs"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     recording = sc.load(args.recording)
+    if args.ground_truth is not None:  # checked before the training, not after
+        frames = score_frames(recording, args.score_s)
+        ground_truth = sc.load(args.ground_truth)
     device = resolve_device(params["torch_device"])
     with torch_threads(n_jobs), tempfile.TemporaryDirectory() as folder:
         preprocessed = preprocess(recording, params)
@@ -80,28 +83,35 @@ def main(argv: list[str] | None = None) -> None:
     print(f"best epoch {history['best_epoch']}; held-out accuracy against the annotations, mean over "
           f"{len(accuracies)} units: {np.mean(accuracies):.3f}")
     if args.ground_truth is not None:
-        print(score_against_ground_truth(model, recording, window, sc.load(args.ground_truth), args.score_s, n_jobs))
+        print(score_against_ground_truth(model, recording, window, ground_truth, frames, n_jobs))
 
 
-def score_against_ground_truth(model, recording, window, ground_truth, score_s: list[float], n_jobs: int) -> str:
-    """Sort ``score_s`` = [start, end] (s) of ``recording`` with ``model`` and score it against ``ground_truth``
-    (``compare_sorter_to_ground_truth``, every truth unit); one line of means."""
-    from spikeinterface.comparison import compare_sorter_to_ground_truth
-
+def score_frames(recording, score_s: list[float]) -> tuple[int, int]:
+    """``score_s`` = [start, end] (s) as frames of ``recording``'s first segment; ValueError outside it."""
     fs = recording.get_sampling_frequency()
     start, end = (int(round(t * fs)) for t in score_s)
     if not 0 <= start < end <= recording.get_num_samples(segment_index=0):
-        raise ValueError(f"--score-s {score_s[0]} {score_s[1]} is not a stretch of the recording's first segment "
-                         f"({recording.get_num_samples(segment_index=0) / fs:.1f} s)")
+        raise ValueError(f"--score-s {score_s[0]:g} {score_s[1]:g} is not a stretch of the recording's first segment "
+                         f"(0-{recording.get_num_samples(segment_index=0) / fs:.1f} s)")
+    return start, end
+
+
+def score_against_ground_truth(model, recording, window, ground_truth, frames: tuple[int, int], n_jobs: int) -> str:
+    """Sort ``frames`` = (start, end) of ``recording`` with ``model`` (an ``ESortModel``) and score it against
+    ``ground_truth`` (``compare_sorter_to_ground_truth``, every truth unit); one line of means, and how much of the
+    stretch lies in the training ``window``."""
+    from spikeinterface.comparison import compare_sorter_to_ground_truth
+
+    fs = recording.get_sampling_frequency()
+    start, end = frames
     overlap = sum(max(0, min(end, e) - max(start, s)) for s, e in window.pieces)
     sorting = model.sort(recording.frame_slice(start, end), job_kwargs=dict(n_jobs=n_jobs, progress_bar=False))
     performance = compare_sorter_to_ground_truth(ground_truth.frame_slice(start, end), sorting,
                                                  exhaustive_gt=True).get_performance()
-    return (f"against ground truth on {score_s[0]:g}-{score_s[1]:g} s ({overlap / fs:.1f} s of it in the training "
+    return (f"against ground truth on {start / fs:g}-{end / fs:g} s ({overlap / fs:.1f} s of it in the training "
             f"window): accuracy {performance['accuracy'].mean():.3f}, precision {performance['precision'].mean():.3f}, "
             f"recall {performance['recall'].mean():.3f}, well detected (>= 0.8) "
             f"{int((performance['accuracy'] >= 0.8).sum())}/{len(performance)}; {len(sorting.unit_ids)} units")
-
 
 if __name__ == "__main__":
     main()
