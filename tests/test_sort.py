@@ -54,8 +54,8 @@ def test_sort_with_ground_truth_annotations_of_the_first_half(ground_truth_recor
     assert np.all(again.get_property("esort_mean_probability") >= again.get_property("esort_threshold") - 1e-6)
 
 
-def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path):
-    recording, ground_truth, _ = ground_truth_recording
+def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path, capsys):
+    recording, ground_truth, truth_folder = ground_truth_recording
     folder = tmp_path / "esort_teacher"
     sorting = si.run_sorter("esort", recording, folder=folder, train_duration_s=20.0)
     teacher = si.read_sorter_folder(folder / "sorter_output" / "annotation_sorter")
@@ -71,6 +71,14 @@ def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path):
     assert set(report["quality_metrics"]) == set(map(str, teacher.unit_ids)) - {
         str(u) for u in teacher.unit_ids if teacher.count_num_spikes_per_unit()[u] < 10}
     assert set(map(str, sorting.unit_ids)) == {u for u, fate in report["units"].items() if fate is not None}
+    # the training-step study tool trains again on the labels this sort trained on, with its parameters
+    from spikeinterface_esort.tools.training_step import main
+
+    capsys.readouterr()
+    main(["--recording", str(truth_folder.parent / "recording"), "--annotations", str(folder), "--set", "epochs=1",
+          "--n-jobs", "1"])
+    out = capsys.readouterr().out
+    assert f"window 20.0 s from 0.0 s; {len(sorting.unit_ids)} units" in out
 
 
 def test_multi_segment_recording(multi_segment_recording, tmp_path):

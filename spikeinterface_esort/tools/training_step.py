@@ -6,7 +6,9 @@ recording with saved annotations, and nothing else, to time it and compare train
         --set epochs=6 learning_rate=0.01
 
 The annotations are a SpikeInterface sorting folder in the recording's time base (a teacher's sorting, ground
-truth), read as ``annotation_sorting_path`` reads them (as given: no curation). The window is the one esort's
+truth), read as ``annotation_sorting_path`` reads them (as given: no curation), or the folder of an esort sort of
+this recording with its own teacher (``run_sorter``'s folder): then the labels that sort trained on (its teacher's
+units on its window, less those its curation removed) and that sort's parameters, which ``--set`` changes. The window is the one esort's
 parameters choose on the recording (``train_duration_s``, ``train_pieces``; ``--set`` changes them like any other
 parameter, values in JSON). Printed: the step's log (its timestamps give reading the window and choosing the
 thresholds), the time of the whole step and of each epoch, the validation loss of each epoch, and the mean held-out
@@ -24,6 +26,7 @@ import json
 import logging
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +34,8 @@ import numpy as np
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recording", required=True, help="a saved recording (folder or .json)")
-    parser.add_argument("--annotations", required=True, help="a saved sorting folder, in the recording's time base")
+    parser.add_argument("--annotations", required=True,
+                        help="a saved sorting folder in the recording's time base, or an esort run_sorter folder")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=JSON", help="esort parameters to change")
     parser.add_argument("--n-jobs", type=int, default=None, help="CPU threads (default: all cores)")
     parser.add_argument("--ground-truth", default=None, help="a saved ground-truth sorting, to score --score-s against")
@@ -52,6 +56,12 @@ def main(argv: list[str] | None = None) -> None:
     from ..preprocessing import estimate_noise_levels, preprocess
 
     params = default_params()
+    sort_folder = Path(args.annotations)
+    if (sort_folder / "sorter_output" / "model" / "model.json").is_file():  # as that sort trained, --set over it
+        run_params = json.loads((sort_folder / "spikeinterface_params.json").read_text())["sorter_params"]
+        params.update({k: v for k, v in run_params.items() if k in params and k != "job_kwargs"})
+    else:
+        sort_folder = None
     for item in args.set:
         name, _, value = item.partition("=")
         params[name] = json.loads(value)
@@ -67,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch_threads(n_jobs), tempfile.TemporaryDirectory() as folder:
         preprocessed = preprocess(recording, params)
         window = training_window(recording, params)
+        if sort_folder is not None:
+            params["annotation_sorting_path"] = str(trained_labels(sort_folder, recording, Path(folder) / "labels"))
         noise_levels = estimate_noise_levels(window.teacher_recording(preprocessed), seed=params["seed"], n_jobs=n_jobs)
         annotations = annotate(recording, window, params, folder, False)
         start = time.perf_counter()
@@ -84,6 +96,33 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(accuracies)} units: {np.mean(accuracies):.3f}")
     if args.ground_truth is not None:
         print(score_against_ground_truth(model, recording, window, ground_truth, frames, n_jobs))
+
+
+def trained_labels(sorter_folder: Path, recording, folder: Path) -> Path:
+    """The labels an esort sort of ``recording`` trained on, saved in ``folder`` in the recording's time base: its
+    teacher's sorting (``sorter_output/annotation_sorter``) mapped from the window's pieces, with the units of its
+    model only (the curation's and ``min_spikes_per_unit``'s removals left out). Returns the sorting's folder."""
+    import spikeinterface.core as sc
+
+    from ..annotation import training_window
+    from ..parameters import default_params
+
+    output = sorter_folder / "sorter_output"
+    teacher = output / "annotation_sorter" / "sorter_output" / "sorting"
+    if not teacher.is_dir():
+        raise ValueError(f"{sorter_folder} holds no single teacher's sorting ({teacher}): give a sorting folder, or "
+                         "the folder of an esort sort with one annotation_sorter.")
+    run_params = json.loads((sorter_folder / "spikeinterface_params.json").read_text())["sorter_params"]
+    window = training_window(recording, dict(default_params(), **run_params))
+    sorting = sc.load(teacher)
+    spikes = sorting.to_spike_vector()
+    inside, frames = window.from_pieces_frames(spikes["sample_index"])
+    units = np.asarray(sorting.unit_ids)[spikes["unit_index"][inside]]
+    trained = {str(u) for u in json.loads((output / "model" / "model.json").read_text())["unit_ids"]}
+    labels = sc.NumpySorting.from_samples_and_labels([frames], [units], recording.get_sampling_frequency(),
+                                                     unit_ids=sorting.unit_ids)
+    labels.select_units([u for u in sorting.unit_ids if str(u) in trained]).save(folder=folder)
+    return folder
 
 
 def score_frames(recording, score_s: list[float]) -> tuple[int, int]:
