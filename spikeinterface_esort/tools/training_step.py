@@ -8,9 +8,9 @@ recording with saved annotations, and nothing else, to time it and compare train
 The annotations are a SpikeInterface sorting folder in the recording's time base (a teacher's sorting, ground
 truth), read as ``annotation_sorting_path`` reads them (as given: no curation), or the folder of an esort sort of
 this recording with its own teacher (``run_sorter``'s folder): then the labels that sort trained on (its teacher's
-units on its window, less those its curation removed) and that sort's parameters, which ``--set`` changes. The window is the one esort's
-parameters choose on the recording (``train_duration_s``, ``train_pieces``; ``--set`` changes them like any other
-parameter, values in JSON). Printed: the step's log (its timestamps give reading the window and choosing the
+units on its window, less those its curation removed) and that sort's parameters, which ``--set`` changes. The
+window is the one esort's parameters choose on the recording (``train_duration_s``, ``train_pieces``; ``--set``
+changes them like any other parameter, values in JSON). Printed: the step's log (its timestamps give reading the window and choosing the
 thresholds), the time of the whole step and of each epoch, the validation loss of each epoch, and the mean held-out
 accuracy of the units against the annotations (thresholds chosen per unit, as the sort's log reports it). With
 ``--ground-truth`` and ``--score-s START END``, the trained model also sorts that stretch of the recording (outside
@@ -151,6 +151,7 @@ def score_against_ground_truth(model, recording, window, ground_truth, frames: t
             f"window): accuracy {performance['accuracy'].mean():.3f}, precision {performance['precision'].mean():.3f}, "
             f"recall {performance['recall'].mean():.3f}, well detected (>= 0.8) "
             f"{int((performance['accuracy'] >= 0.8).sum())}/{len(performance)}; {len(sorting.unit_ids)} units")
+
 
 if __name__ == "__main__":
     main()
