@@ -17,7 +17,7 @@ def test_a_sorter_missing_every_overlap_scores_recall_1_isolated_and_0_in_collis
     # no unit lies within 0 um of another: nothing collides
     assert not any(m.any() for m in collision_mask(truth, radius_um=0.0, lag_ms=1.5).values())
     # held out of a 12 s recording: esort's default window is its first 6 s, in one piece
-    kept = held_out_spikes(truth, 12.0)
+    kept = held_out_spikes(truth, recording)
     for unit in truth.unit_ids:
         spikes = truth.get_unit_spike_train(unit)
         np.testing.assert_array_equal(kept[unit], spikes >= 6 * truth.get_sampling_frequency())

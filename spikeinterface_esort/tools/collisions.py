@@ -71,21 +71,15 @@ def collision_recall(ground_truth, sorting, masks: dict, kept: dict | None = Non
     )
 
 
-def held_out_spikes(ground_truth, recording_duration_s: float) -> dict:
-    """Per truth unit, True for the spikes outside esort's default training window on a recording this long."""
-    from ..annotation import training_pieces_s
+def held_out_spikes(ground_truth, recording) -> dict:
+    """Per truth unit, True for the spikes outside esort's default training window on ``recording`` (its frames as
+    ``run_sorter`` places them: ``annotation.training_window``)."""
+    from ..annotation import training_window
     from ..parameters import default_params
 
-    fs = ground_truth.get_sampling_frequency()
-    pieces = [(int(round(a * fs)), int(round(b * fs))) for a, b in training_pieces_s(recording_duration_s, default_params())]
-    kept = {}
-    for unit in ground_truth.unit_ids:
-        spikes = ground_truth.get_unit_spike_train(unit, segment_index=0)
-        inside = np.zeros(len(spikes), dtype=bool)
-        for start, end in pieces:
-            inside |= (spikes >= start) & (spikes < end)
-        kept[unit] = ~inside
-    return kept
+    window = training_window(recording, default_params())
+    return {unit: ~window.to_training_frames(ground_truth.get_unit_spike_train(unit, segment_index=0))[0]
+            for unit in ground_truth.unit_ids}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,8 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     masks = collision_mask(ground_truth, args.radius_um, args.lag_ms)
     kept = None
     if args.held_out_of is not None:
-        recording = sc.load(args.held_out_of)
-        kept = held_out_spikes(ground_truth, recording.get_num_samples(segment_index=0) / recording.get_sampling_frequency())
+        kept = held_out_spikes(ground_truth, sc.load(args.held_out_of))
     print(f"collision: a truth unit within {args.radius_um:g} um fires within {args.lag_ms:g} ms"
           f"{'; the spikes in esort default training window left out' if kept is not None else ''}")
     print("| sorter | truth spikes in collision | recall, isolated | recall, in collision |")

@@ -56,12 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     from ..preprocessing import estimate_noise_levels, preprocess
 
     params = default_params()
-    sort_folder = Path(args.annotations)
+    sort_folder, run_params = Path(args.annotations), None
     if (sort_folder / "sorter_output" / "model" / "model.json").is_file():  # as that sort trained, --set over it
         run_params = json.loads((sort_folder / "spikeinterface_params.json").read_text())["sorter_params"]
         params.update({k: v for k, v in run_params.items() if k in params and k != "job_kwargs"})
-    else:
-        sort_folder = None
     for item in args.set:
         name, _, value = item.partition("=")
         params[name] = json.loads(value)
@@ -77,8 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     with torch_threads(n_jobs), tempfile.TemporaryDirectory() as folder:
         preprocessed = preprocess(recording, params)
         window = training_window(recording, params)
-        if sort_folder is not None:
-            params["annotation_sorting_path"] = str(trained_labels(sort_folder, recording, Path(folder) / "labels"))
+        if run_params is not None:
+            params["annotation_sorting_path"] = str(trained_labels(sort_folder, run_params, recording,
+                                                                   Path(folder) / "labels"))
         noise_levels = estimate_noise_levels(window.teacher_recording(preprocessed), seed=params["seed"], n_jobs=n_jobs)
         annotations = annotate(recording, window, params, folder, False)
         start = time.perf_counter()
@@ -98,10 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         print(score_against_ground_truth(model, recording, window, ground_truth, frames, n_jobs))
 
 
-def trained_labels(sorter_folder: Path, recording, folder: Path) -> Path:
-    """The labels an esort sort of ``recording`` trained on, saved in ``folder`` in the recording's time base: its
-    teacher's sorting (``sorter_output/annotation_sorter``) mapped from the window's pieces, with the units of its
-    model only (the curation's and ``min_spikes_per_unit``'s removals left out). Returns the sorting's folder."""
+def trained_labels(sorter_folder: Path, run_params: dict, recording, folder: Path) -> Path:
+    """The labels an esort sort of ``recording`` (run with ``run_params``) trained on, saved in ``folder`` in the
+    recording's time base: its teacher's sorting (``sorter_output/annotation_sorter``) mapped from that sort's window
+    pieces, with the units of its model only (the curation's and ``min_spikes_per_unit``'s removals left out).
+    Returns the sorting's folder."""
     import spikeinterface.core as sc
 
     from ..annotation import training_window
@@ -112,7 +112,6 @@ def trained_labels(sorter_folder: Path, recording, folder: Path) -> Path:
     if not teacher.is_dir():
         raise ValueError(f"{sorter_folder} holds no single teacher's sorting ({teacher}): give a sorting folder, or "
                          "the folder of an esort sort with one annotation_sorter.")
-    run_params = json.loads((sorter_folder / "spikeinterface_params.json").read_text())["sorter_params"]
     window = training_window(recording, dict(default_params(), **run_params))
     sorting = sc.load(teacher)
     spikes = sorting.to_spike_vector()
