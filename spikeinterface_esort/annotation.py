@@ -87,6 +87,10 @@ class TrainingWindow:
         """Frames of segment 0 -> (which fall in the window, their frames in the training recording)."""
         return _map_frames(np.asarray(frames, dtype=np.int64), self.parts(), forward=True)
 
+    def from_training_frames(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frames of the training recording -> (which fall in it, frames of segment 0)."""
+        return _map_frames(np.asarray(frames, dtype=np.int64), self.parts(), forward=False)
+
     def describe(self, sampling_frequency: float) -> str:
         fs = sampling_frequency
         if len(self.pieces) == 1:

@@ -1,10 +1,18 @@
 """Annotation curation: the annotated units cleaned with SpikeInterface's curation before training.
 
 A teacher sorter's units on a short window carry its errors: one neuron split into several units, duplicated
-units, noise or contaminated units. By default (``annotation_curation="auto"``) a teacher sorter's units with an
-SNR of 3 or less are removed (``TEACHER_CURATION``) and a saved sorting is used as given. The annotations are read
+units, several neurons in one unit, noise or contaminated units. By default (``annotation_curation="auto"``) a
+teacher sorter's units with an SNR of 3 or less are removed (``TEACHER_CURATION``); a saved sorting is used as
+given. The annotations are read
 as a sorting of the (preprocessed) training recording and cleaned, in this order, by SpikeInterface's own tools:
 
+0. ``split_units``: a unit that holds the spikes of several neurons (a teacher on a short window merges
+   neighbours) is split. Each unit's waveforms on its strongest channels are reduced to a few principal
+   components and clustered with ISO-SPLIT (``isosplit6``, one of the clusterers of SpikeInterface's
+   ``local_feature_clustering``); clusters whose mean waveforms are alike (cosine similarity at or above
+   ``template_similarity``: the same neuron at another depth of a drifting probe, or at another amplitude) are
+   joined again, most alike first, and the unit is split when clusters with unlike waveforms remain
+   (``split_merged_units``).
 1. ``unit_thresholds``: quality metrics (``compute_quality_metrics``: ``snr``, ``isi_violations_ratio``,
    ``presence_ratio``, ``amplitude_cutoff``, ...) labelled with ``threshold_metrics_label_units``; the units that
    fail are removed with their spikes (first, so that a noise unit is never merged into a good one).
@@ -31,7 +39,11 @@ from .annotation import Annotations, remap_units
 
 logger = logging.getLogger("spikeinterface_esort")
 
-CURATION_KEYS = ("merge_presets", "merge_steps_params", "unit_thresholds", "remove_redundant")
+CURATION_KEYS = ("split_units", "merge_presets", "merge_steps_params", "unit_thresholds", "remove_redundant")
+# split_units options: clusters whose mean waveforms have a cosine similarity below template_similarity are split
+# apart (docs/real-data.md); min_spikes: the smallest part; channels: the unit's strongest channels read;
+# features: principal components clustered
+SPLIT_DEFAULTS = {"template_similarity": 0.5, "min_spikes": 20, "channels": 8, "features": 5}
 # annotation_curation="auto" for a teacher sorter's annotations: its noise units (SNR 3 or less) removed
 # (measured across the benchmark presets: docs/real-data.md)
 TEACHER_CURATION = {"unit_thresholds": {"snr": {"greater": 3.0}}}
@@ -75,6 +87,16 @@ def check_annotation_curation(curation: dict | None) -> None:
     if unknown_metrics:
         raise ValueError(f"{what}: 'unit_thresholds' names {unknown_metrics}, which are not SpikeInterface quality "
                          f"metrics computed without principal components; choose from {columns}.")
+    split = curation.get("split_units", {})
+    if not isinstance(split, dict) or set(split) - set(SPLIT_DEFAULTS):
+        raise ValueError(f"{what}: 'split_units' must be a dict with any of {sorted(SPLIT_DEFAULTS)} "
+                         f"(e.g. {{}} for the defaults {SPLIT_DEFAULTS}), got {split!r}.")
+    options = dict(SPLIT_DEFAULTS, **split)
+    if not 0 < options["template_similarity"] <= 1 or not all(
+        isinstance(options[k], int) and options[k] >= 1 for k in ("min_spikes", "channels", "features")
+    ):
+        raise ValueError(f"{what}: in 'split_units', 'template_similarity' is in (0, 1] and 'min_spikes', "
+                         f"'channels', 'features' are integers >= 1; got {split!r}.")
     if not isinstance(curation.get("remove_redundant", False), bool):
         raise ValueError(f"{what}: 'remove_redundant' must be True or False.")
 
@@ -101,18 +123,22 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
     ``curation`` steps; a report is written to ``folder / "annotation_curation.json"``. ``seed`` fixes the random
     spikes that SpikeInterface's sparsity and templates are estimated from and the chunks its noise levels are
     measured on."""
-    import spikeinterface.core as sic
-
-    sorting = NumpySorting.from_samples_and_labels(
-        [annotations.sample_index], [annotations.unit_ids[annotations.unit_index]],
-        training_recording.get_sampling_frequency(), unit_ids=annotations.unit_ids,
-    )
-    analyzer = sic.create_sorting_analyzer(sorting, training_recording, sparse=True, format="memory", seed=seed)
-    analyzer.compute(dict(random_spikes=dict(seed=seed), noise_levels=dict(random_slices_kwargs=dict(seed=seed)),
-                          templates={}), **job_kwargs)
-    # each annotated unit -> the unit it ends in (None: removed)
-    fate: dict = {unit_id: unit_id for unit_id in annotations.unit_ids}
     report: dict = dict(units_before=int(annotations.num_units), spikes_before=int(len(annotations.sample_index)))
+    analyzer = None
+    if curation.get("split_units") is not None:
+        analyzer = _analyzer(annotations, training_recording, job_kwargs, seed, every_waveform=True)
+        unsplit = annotations
+        annotations, splits = split_merged_units(annotations, analyzer, dict(SPLIT_DEFAULTS, **curation["split_units"]))
+        report["splits"] = splits
+        _log_step("split", len(splits), "unit(s) holding spikes of unlike waveforms", [
+            f"{split['unit']} -> {', '.join(f'{u} ({n} spikes)' for u, n in zip(split['into'], split['spikes']))}"
+            for split in splits])
+        if annotations is not unsplit:  # the analyzer's units are the unsplit ones: a new one for the new units
+            analyzer = None
+    if analyzer is None:
+        analyzer = _analyzer(annotations, training_recording, job_kwargs, seed)
+    # each annotated unit (after splits) -> the unit it ends in (None: removed)
+    fate: dict = {unit_id: unit_id for unit_id in annotations.unit_ids}
 
     thresholds = curation.get("unit_thresholds", {})
     if thresholds:
@@ -165,11 +191,118 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
     curated = _apply_fate(annotations, fate)
     report.update(units_after=int(curated.num_units), spikes_after=int(len(curated.sample_index)),
                   units={str(old): (None if new is None else str(new)) for old, new in fate.items()})
-    logger.info("annotation curation: %d units, %d spikes -> %d units, %d spikes", annotations.num_units,
-                len(annotations.sample_index), curated.num_units, len(curated.sample_index))
+    logger.info("annotation curation: %d units, %d spikes -> %d units, %d spikes", report["units_before"],
+                report["spikes_before"], curated.num_units, len(curated.sample_index))
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / "annotation_curation.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf8")
     return curated
+
+
+def _analyzer(annotations: Annotations, training_recording: BaseRecording, job_kwargs: dict, seed: int,
+              every_waveform: bool = False):
+    """An in-memory sparse SortingAnalyzer of the annotations with noise levels and templates (from 500 random
+    spikes of each unit; with ``every_waveform``, from the waveforms of every spike, which it keeps)."""
+    import spikeinterface.core as sic
+
+    sorting = NumpySorting.from_samples_and_labels(
+        [annotations.sample_index], [annotations.unit_ids[annotations.unit_index]],
+        training_recording.get_sampling_frequency(), unit_ids=annotations.unit_ids,
+    )
+    analyzer = sic.create_sorting_analyzer(sorting, training_recording, sparse=True, format="memory", seed=seed)
+    spikes = dict(method="all") if every_waveform else dict(seed=seed)
+    steps = dict(random_spikes=spikes, noise_levels=dict(random_slices_kwargs=dict(seed=seed)))
+    if every_waveform:
+        steps["waveforms"] = dict(ms_before=1.0, ms_after=1.5)
+    analyzer.compute(dict(steps, templates={}), **job_kwargs)
+    return analyzer
+
+
+def split_merged_units(annotations: Annotations, analyzer, options: dict) -> tuple[Annotations, list]:
+    """``annotations`` with each unit whose waveforms form clusters of unlike shape split into one unit per cluster
+    (``cluster_waveforms``; the largest part keeps the unit's id, the others get new ids), and the splits
+    (``unit``, ``into`` its parts' ids, their ``spikes``). ``analyzer`` holds the waveform of every annotated spike
+    (``_analyzer(..., every_waveform=True)``); ``options`` as ``SPLIT_DEFAULTS``. Without a split, the annotations
+    are returned as given."""
+    waveforms = analyzer.get_extension("waveforms")
+    unit_index = annotations.unit_index.copy()
+    unit_ids = list(annotations.unit_ids)
+    splits = []
+    for u, unit_id in enumerate(annotations.unit_ids):
+        spikes = np.flatnonzero(annotations.unit_index == u)  # in time order, as the analyzer's
+        if len(spikes) < 2 * options["min_spikes"]:
+            continue
+        labels = cluster_waveforms(waveforms.get_waveforms_one_unit(unit_id, force_dense=False), options)
+        if labels.max() == 0:
+            continue
+        new_ids = _new_unit_ids(unit_ids, unit_id, int(labels.max()))
+        for part, new_id in enumerate(new_ids, start=1):
+            unit_index[spikes[labels == part]] = len(unit_ids)
+            unit_ids.append(new_id)
+        splits.append(dict(unit=str(unit_id), into=[str(i) for i in [unit_id, *new_ids]],
+                           spikes=np.bincount(labels).tolist()))
+    if not splits:
+        return annotations, splits
+    dtype = annotations.unit_ids.dtype
+    ids = np.asarray(unit_ids, dtype=dtype) if dtype.kind in "iu" else np.asarray([str(i) for i in unit_ids])
+    return Annotations(annotations.sample_index, unit_index, ids, annotations.source + " (split)",
+                       annotations.uncertain), splits
+
+
+def cluster_waveforms(waveforms: np.ndarray, options: dict) -> np.ndarray:
+    """Cluster labels (0 the largest cluster) of one unit's ``waveforms`` (spikes, samples, channels): the
+    ``options["features"]`` principal components of its ``options["channels"]`` strongest channels clustered with
+    ISO-SPLIT (the ``isosplit6`` package, a clusterer of SpikeInterface's ``local_feature_clustering``), then the
+    clusters whose mean waveforms are alike (cosine similarity >= ``options["template_similarity"]``) joined, most
+    alike first, and a cluster under ``min_spikes`` joined to the most alike."""
+    import isosplit6
+
+    count = len(waveforms)
+    strongest = np.argsort(np.abs(waveforms.mean(0)).max(0))[::-1][: options["channels"]]
+    x = waveforms[:, :, strongest].reshape(count, -1).astype(np.float64)
+    centred = x - x.mean(0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # principal axes, ascending variance (4x faster than an SVD)
+    features = centred @ vectors[:, ::-1][:, : options["features"]]
+    labels = isosplit6.isosplit6(features)
+    groups = [np.flatnonzero(labels == k) for k in np.unique(labels)]
+
+    def similarities() -> np.ndarray:
+        means = np.stack([x[g].mean(0) for g in groups])
+        means /= np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
+        similarity = means @ means.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity
+
+    def join(i: int, j: int) -> None:
+        i, j = min(i, j), max(i, j)  # popping the later one leaves the earlier one's index
+        groups[i] = np.concatenate([groups[i], groups.pop(j)])
+
+    while len(groups) > 1:  # the two most alike clusters joined, while alike
+        similarity = similarities()
+        i, j = np.unravel_index(np.argmax(similarity), similarity.shape)
+        if similarity[i, j] < options["template_similarity"]:
+            break
+        join(int(i), int(j))
+    while len(groups) > 1 and min(len(g) for g in groups) < options["min_spikes"]:  # a small one to the most alike
+        j = int(np.argmin([len(g) for g in groups]))
+        join(int(np.argmax(similarities()[j])), j)
+    labels = np.zeros(count, dtype=np.int64)
+    for k, group in enumerate(sorted(groups, key=len, reverse=True)):
+        labels[group] = k
+    return labels
+
+
+def _new_unit_ids(unit_ids: list, unit_id, count: int) -> list:
+    """``count`` new unit ids for the parts split from ``unit_id``: the next integers after the largest id for
+    integer ids, else ``"<unit_id>-split<k>"`` (unique among ``unit_ids``)."""
+    if all(isinstance(i, (int, np.integer)) for i in unit_ids):
+        top = max(int(i) for i in unit_ids)
+        return [top + k for k in range(1, count + 1)]
+    taken, new, k = {str(i) for i in unit_ids}, [], 1
+    while len(new) < count:
+        if f"{unit_id}-split{k}" not in taken:
+            new.append(f"{unit_id}-split{k}")
+        k += 1
+    return new
 
 
 def _merge_until_stable(analyzer, preset: str, steps_params: dict, job_kwargs: dict):

@@ -14,7 +14,7 @@ from spikeinterface.core.base import minimum_spike_dtype
 from .inference import DetectedSpikes
 
 if TYPE_CHECKING:
-    from .annotation import Annotations
+    from .annotation import Annotations, TrainingWindow
     from .training import TrainingSplit
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -99,6 +99,19 @@ def save_sorting(sorting: NumpySorting, folder: Path) -> None:
         warnings.filterwarnings("ignore", message="The extractor is not serializable to file")
         sorting.save(folder=partial, overwrite=True)
     partial.rename(folder)
+
+
+def save_training_annotations(annotations: "Annotations", window: "TrainingWindow", sampling_frequency: float,
+                              folder: Path) -> None:
+    """Save the annotated spikes the network trains on (after curation; a teacher ensemble's uncertain spikes left
+    out) as a SpikeInterface sorting in the recording's time base (segment 0), every annotated unit listed: what
+    ``annotation_sorting_path`` reads back."""
+    keep, frames = window.from_training_frames(annotations.sample_index[annotations.certain])
+    units = annotations.unit_index[annotations.certain][keep]
+    order = np.argsort(frames, kind="stable")
+    sorting = NumpySorting.from_samples_and_labels([frames[order]], [annotations.unit_ids[units[order]]],
+                                                   sampling_frequency, unit_ids=annotations.unit_ids)
+    save_sorting(sorting, folder)
 
 
 def json_default(value):

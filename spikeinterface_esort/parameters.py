@@ -143,12 +143,13 @@ PARAMETERS: tuple[Parameter, ...] = (
               "(docs/transfer-learning.md). None: every annotated spike.", minimum=1),
     Parameter("annotation_curation", "auto", (str, dict, None), "annotation",
               "Clean the annotated units with SpikeInterface's curation before training: a dict with any of "
-              "'merge_presets' (list of auto-merge presets, e.g. ['similarity_correlograms']), 'merge_steps_params' "
-              "(their step parameters), 'unit_thresholds' (quality metric -> {'greater'/'less': value}; units that "
-              "fail are removed) and 'remove_redundant' (bool). 'auto': a teacher sorter's units are removed when "
-              "their SNR in the window is 3 or less (annotation_curation.TEACHER_CURATION; "
-              "docs/real-data.md); a saved sorting (annotation_sorting_path: ground truth, a curated sorting) is "
-              "used as given. None: no cleaning.", choices=("auto",)),
+              "'split_units' (dict, {} for the defaults: a unit whose waveforms form clusters of unlike shape is "
+              "split, see annotation_curation.SPLIT_DEFAULTS), 'merge_presets' (list of auto-merge presets, e.g. "
+              "['similarity_correlograms']), 'merge_steps_params' (their step parameters), 'unit_thresholds' "
+              "(quality metric -> {'greater'/'less': value}; units that fail are removed) and 'remove_redundant' "
+              "(bool). 'auto': a teacher sorter's units are removed when their SNR in the window is 3 or less "
+              "(annotation_curation.TEACHER_CURATION; docs/real-data.md); a saved sorting (annotation_sorting_path: "
+              "ground truth, a curated sorting) is used as given. None: no cleaning.", choices=("auto",)),
     Parameter("min_spikes_per_unit", 10, (int,), "annotation",
               "Annotated units with fewer spikes in the training window are dropped (the log lists them).",
               minimum=1),

@@ -22,7 +22,8 @@ from .inference import detect_in_recording
 from .jobs import StepTimer, chunk_size_from_job_kwargs, file_log, resolve_job_kwargs, run_summary
 from .model import fit_model
 from .network import network_window_samples
-from .output import check_spike_counts, json_default, make_sorting, save_sorting, set_unit_properties
+from .output import (check_spike_counts, json_default, make_sorting, save_sorting, save_training_annotations,
+                     set_unit_properties)
 from .parameters import validate_params
 from .preprocessing import check_preprocessing_params, correct_motion, estimate_noise_levels, preprocess
 from .self_training import relabel
@@ -89,6 +90,7 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
                     dict(job_kwargs, progress_bar=progress_bar), seed=params["seed"],
                 )
                 annotations = checked_annotations(annotations, window, params)
+            save_training_annotations(annotations, window, fs, folder / "training_annotations")
 
         model, split = fit_model(
             preprocessed, annotations, window, noise_levels, params, device, chunk_size, progress_bar,

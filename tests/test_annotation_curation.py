@@ -66,12 +66,48 @@ def test_curation_merges_a_split_unit_and_removes_a_noise_unit(ground_truth_reco
     assert report["units_before"] == exact.num_units + 2 and report["units_after"] == exact.num_units
 
 
+def test_split_units_separates_two_neurons_a_teacher_merged(ground_truth_recording, tmp_path):
+    """A teacher that gave the spikes of two distant neurons to one unit: 'split_units' (isosplit on the unit's
+    waveforms, clusters of unlike mean waveform kept apart) gives each neuron its own unit again and splits no
+    other unit."""
+    recording, truth, _ = ground_truth_recording
+    fs = recording.get_sampling_frequency()
+    params = dict(default_params(), train_duration_s=30.0)
+    window = training_window(recording, params)
+    exact = sorting_to_annotations(truth, window, source="ground truth")
+    locations = truth.get_property("gt_unit_locations")[:, :2]
+    first = 0
+    second = int(np.argmax(np.linalg.norm(locations - locations[first], axis=1)))  # the farthest neuron
+    merged = exact.unit_index.copy()
+    merged[merged == second] = first
+    keep = np.array([u for u in range(exact.num_units) if u != second])
+    remap = np.full(exact.num_units, -1)
+    remap[keep] = np.arange(len(keep))
+    teacher = Annotations(exact.sample_index, remap[merged], exact.unit_ids[keep], source="a teacher that merged")
+
+    curated = curate_annotations(teacher, window.training_recording(preprocess(recording, params)),
+                                 dict(split_units={}), tmp_path, dict(n_jobs=1, progress_bar=False))
+
+    report = json.loads((tmp_path / "annotation_curation.json").read_text())
+    assert [split["unit"] for split in report["splits"]] == [str(exact.unit_ids[first])], report["splits"]
+    assert curated.num_units == exact.num_units
+    truth_sorting = as_sorting(exact, fs)
+    before = si.compare_sorter_to_ground_truth(truth_sorting, as_sorting(teacher, fs), exhaustive_gt=True)
+    after = si.compare_sorter_to_ground_truth(truth_sorting, as_sorting(curated, fs), exhaustive_gt=True)
+    two = [exact.unit_ids[first], exact.unit_ids[second]]
+    assert before.get_performance().loc[two, "accuracy"].min() < 0.6
+    assert after.get_performance().loc[two, "accuracy"].min() > 0.95
+    assert after.get_performance()["accuracy"].mean() > 0.95
+
+
 @pytest.mark.parametrize("curation, message", [
     (dict(merges=["similarity_correlograms"]), "unknown keys \\['merges'\\]"),
     (dict(merge_presets=["no-such-preset"]), "'merge_presets' must be a list of SpikeInterface auto-merge presets"),
     (dict(merge_steps_params={"no_step": {}}), "'merge_steps_params' must map auto-merge steps"),
     (dict(unit_thresholds={"snr": 3}), "'unit_thresholds' must map quality metric names"),
     (dict(remove_redundant="yes"), "'remove_redundant' must be True or False"),
+    (dict(split_units={"similarity": 0.5}), "'split_units' must be a dict with any of"),
+    (dict(split_units={"template_similarity": 1.5}), "'template_similarity' is in \\(0, 1\\]"),
     (dict(unit_thresholds={"isi_violation": {"less": 0.5}}), "not SpikeInterface quality metrics"),
 ])
 def test_bad_annotation_curation_is_refused_before_any_work(small_recording, tmp_path, curation, message):

@@ -8,9 +8,9 @@ recording with saved annotations, and nothing else, to time it and compare train
 The annotations are a SpikeInterface sorting folder in the recording's time base (a teacher's sorting, ground
 truth), read as ``annotation_sorting_path`` reads them (as given: no curation), or the folder of an esort sort of
 this recording with its own teacher (``run_sorter``'s folder): then the labels that sort trained on (its teacher's
-units on its window, less those its curation removed) and that sort's parameters, which ``--set`` changes. The
-window is the one esort's parameters choose on the recording (``train_duration_s``, ``train_pieces``; ``--set``
-changes them like any other parameter, values in JSON). Printed: the step's log (its timestamps give reading the
+units on its window after its curation: ``sorter_output/training_annotations``) and that sort's parameters, which
+``--set`` changes. The window is the one esort's parameters choose on the recording (``train_duration_s``,
+``train_pieces``; ``--set`` changes them like any other parameter, values in JSON). Printed: the step's log (its timestamps give reading the
 window and choosing the thresholds), the time of the whole step and of each epoch, the validation loss of each
 epoch, and the mean held-out accuracy of the units against the annotations (thresholds chosen per unit, as the
 sort's log reports it). With ``--ground-truth`` and ``--score-s START END``, the trained model also sorts that
@@ -98,16 +98,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def trained_labels(sorter_folder: Path, run_params: dict, recording, folder: Path) -> Path:
-    """The labels an esort sort of ``recording`` (run with ``run_params``) trained on, saved in ``folder`` in the
-    recording's time base: its teacher's sorting (``sorter_output/annotation_sorter``) mapped from that sort's window
-    pieces, with the units of its model only (the curation's and ``min_spikes_per_unit``'s removals left out).
-    Returns the sorting's folder."""
+    """The labels an esort sort of ``recording`` (run with ``run_params``) trained on, in the recording's time base:
+    the sort's ``sorter_output/training_annotations`` (its teacher's units after curation), or for a sort that has
+    none (saved before esort kept them), its teacher's sorting (``sorter_output/annotation_sorter``) mapped from
+    that sort's window pieces, with the units of its model only, saved in ``folder``. Returns the sorting's
+    folder."""
     import spikeinterface.core as sc
 
     from ..annotation import training_window
     from ..parameters import default_params
 
     output = sorter_folder / "sorter_output"
+    if (output / "training_annotations").is_dir():
+        return output / "training_annotations"
     teacher = output / "annotation_sorter" / "sorter_output" / "sorting"
     if not teacher.is_dir():
         raise ValueError(f"{sorter_folder} holds no single teacher's sorting ({teacher}): give a sorting folder, or "
