@@ -147,7 +147,8 @@ PARAMETERS: tuple[Parameter, ...] = (
               "split, see annotation_curation.SPLIT_DEFAULTS), 'merge_presets' (list of auto-merge presets, e.g. "
               "['similarity_correlograms']), 'merge_steps_params' (their step parameters), 'unit_thresholds' "
               "(quality metric -> {'greater'/'less': value}; units that fail are removed) and 'remove_redundant' "
-              "(bool). 'auto': a teacher sorter's units are removed when their SNR in the window is 3 or less "
+              "(bool). 'auto': a teacher sorter's units are split where they hold spikes of unlike waveforms, "
+              "then removed when their SNR in the window is 3 or less "
               "(annotation_curation.TEACHER_CURATION; docs/real-data.md); a saved sorting (annotation_sorting_path: "
               "ground truth, a curated sorting) is used as given. None: no cleaning.", choices=("auto",)),
     Parameter("min_spikes_per_unit", 10, (int,), "annotation",

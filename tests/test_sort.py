@@ -69,7 +69,7 @@ def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path, 
     log = (folder / "sorter_output" / "esort.log").read_text()
     assert "from sorter spykingcircus2" in log
     # the default cleaning of a teacher's units ran and reported each unit's SNR
-    assert 'annotation curation: auto -> {"unit_thresholds": {"snr": {"greater": 3.0}}}' in log
+    assert 'annotation curation: auto -> {"split_units": {}, "unit_thresholds": {"snr": {"greater": 3.0}}}' in log
     assert set(report["quality_metrics"]) == (set(map(str, teacher.unit_ids)) - {
         str(u) for u in teacher.unit_ids if teacher.count_num_spikes_per_unit()[u] < 10} - split_units) | split_parts
     assert set(map(str, sorting.unit_ids)) == {u for u, fate in report["units"].items() if fate is not None}
