@@ -73,6 +73,12 @@ def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path, 
     assert set(report["quality_metrics"]) == (set(map(str, teacher.unit_ids)) - {
         str(u) for u in teacher.unit_ids if teacher.count_num_spikes_per_unit()[u] < 10} - split_units) | split_parts
     assert set(map(str, sorting.unit_ids)) == {u for u, fate in report["units"].items() if fate is not None}
+    # the labels the network trained on are kept, in the recording's time base, inside the 20 s window
+    labels = si.load(folder / "sorter_output" / "training_annotations")
+    assert list(map(str, labels.unit_ids)) == list(map(str, sorting.unit_ids))
+    frames = labels.to_spike_vector()["sample_index"]
+    assert 0 < len(frames) <= report["spikes_after"]  # the curated spikes, less units too small to train
+    assert frames.max() < 20.0 * recording.get_sampling_frequency()
     # the training-step study tool trains again on the labels this sort trained on, with its parameters
     from spikeinterface_esort.tools.training_step import main
 
