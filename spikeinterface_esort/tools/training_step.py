@@ -10,12 +10,12 @@ truth), read as ``annotation_sorting_path`` reads them (as given: no curation), 
 this recording with its own teacher (``run_sorter``'s folder): then the labels that sort trained on (its teacher's
 units on its window after its curation: ``sorter_output/training_annotations``) and that sort's parameters, which
 ``--set`` changes. The window is the one esort's parameters choose on the recording (``train_duration_s``,
-``train_pieces``; ``--set`` changes them like any other parameter, values in JSON). Printed: the step's log (its timestamps give reading the
-window and choosing the thresholds), the time of the whole step and of each epoch, the validation loss of each
-epoch, and the mean held-out accuracy of the units against the annotations (thresholds chosen per unit, as the
-sort's log reports it). With ``--ground-truth`` and ``--score-s START END``, the trained model also sorts that
-stretch of the recording (outside the window) and is scored there against the ground truth with
-``compare_sorter_to_ground_truth``: what the annotations' own held-out agreement cannot tell when they are a
+``train_pieces``; ``--set`` changes them like any other parameter, values in JSON). Printed: the step's log (its
+timestamps give reading the window and choosing the thresholds), the time of the whole step and of each epoch, the
+validation loss of each epoch, and the mean held-out accuracy of the units against the annotations (thresholds
+chosen per unit, as the sort's log reports it). With ``--ground-truth`` and ``--score-s START END``, the trained
+model also sorts that stretch of the recording (outside the window) and is scored there against the ground truth
+with ``compare_sorter_to_ground_truth``: what the annotations' own held-out agreement cannot tell when they are a
 teacher's. Speed of one batch alone: ``training_speed``.
 """
 
