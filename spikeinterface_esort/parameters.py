@@ -252,7 +252,10 @@ PARAMETERS: tuple[Parameter, ...] = (
               minimum=0.0, exclusive=True),
     # general
     Parameter("seed", 0, (int,), "general",
-              "Seed of every random draw: same recording, parameters and seed give the same sorting.",
+              "Seed of every random draw: same recording, annotations, parameters and seed give the same sorting. "
+              "A teacher sorter (annotation_sorter) is not held to it: spykingcircus2 gives different units from "
+              "run to run on the same window (docs/long-recordings.md); to repeat a sort exactly, pass its saved "
+              "sorting (sorter_output/annotation_sorter) as annotation_sorting_path.",
               minimum=0),
     Parameter("job_kwargs", {}, (dict,), "general",
               "n_jobs (CPU threads for torch and SpikeInterface steps; default all cores), "
