@@ -254,8 +254,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("seed", 0, (int,), "general",
               "Seed of every random draw: same recording, annotations, parameters and seed give the same sorting. "
               "A teacher sorter (annotation_sorter) is not held to it: spykingcircus2 gives different units from "
-              "run to run on the same window (docs/long-recordings.md); to repeat a sort exactly, pass its saved "
-              "sorting (sorter_output/annotation_sorter) as annotation_sorting_path.",
+              "run to run on the same window (docs/long-recordings.md); to repeat a sort exactly, pass the labels "
+              "it trained on (its sorter_output/training_annotations) as annotation_sorting_path.",
               minimum=0),
     Parameter("job_kwargs", {}, (dict,), "general",
               "n_jobs (CPU threads for torch and SpikeInterface steps; default all cores), "

@@ -79,6 +79,11 @@ def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path, 
     frames = labels.to_spike_vector()["sample_index"]
     assert 0 < len(frames) <= report["spikes_after"]  # the curated spikes, less units too small to train
     assert frames.max() < 20.0 * recording.get_sampling_frequency()
+    # those labels repeat the sort exactly, without the teacher (whose own runs differ)
+    again = si.run_sorter("esort", recording, folder=tmp_path / "again", train_duration_s=20.0,
+                          annotation_sorting_path=str(folder / "sorter_output" / "training_annotations"))
+    assert list(again.unit_ids) == list(sorting.unit_ids)
+    np.testing.assert_array_equal(again.to_spike_vector(), sorting.to_spike_vector())
     # the training-step study tool trains again on the labels this sort trained on, with its parameters
     from spikeinterface_esort.tools.training_step import main
 
