@@ -129,14 +129,13 @@ def curate_annotations(annotations: Annotations, training_recording: BaseRecordi
         options = dict(SPLIT_DEFAULTS, **curation["split_units"])
         analyzer = _analyzer(annotations, training_recording, job_kwargs, seed,
                              every_waveform_channels=options["channels"])
-        unsplit = annotations
         annotations, splits = split_merged_units(annotations, analyzer, options)
         report["splits"] = splits
         _log_step("split", len(splits), "unit(s) holding spikes of unlike waveforms", [
             f"{split['unit']} -> {', '.join(f'{u} ({n} spikes)' for u, n in zip(split['into'], split['spikes']))}"
             for split in splits])
         # a new analyzer for the new units, or for the merges' sparsity overlaps (it holds k channels per unit)
-        if annotations is not unsplit or curation.get("merge_presets") or curation.get("remove_redundant"):
+        if splits or curation.get("merge_presets") or curation.get("remove_redundant"):
             analyzer = None
     if analyzer is None:
         analyzer = _analyzer(annotations, training_recording, job_kwargs, seed)

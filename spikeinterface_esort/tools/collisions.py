@@ -22,6 +22,8 @@ import argparse
 
 import numpy as np
 
+from ..validation import nearest_index
+
 
 def collision_mask(ground_truth, radius_um: float, lag_ms: float) -> dict:
     """For each truth unit, a boolean array over its spikes (segment 0): True where a truth unit located within
@@ -41,10 +43,7 @@ def collision_mask(ground_truth, radius_um: float, lag_ms: float) -> dict:
         if len(others) == 0:
             masks[unit] = np.zeros(len(spikes), dtype=bool)
             continue
-        k = np.searchsorted(others, spikes)
-        before = np.abs(spikes - others[np.clip(k - 1, 0, len(others) - 1)])
-        after = np.abs(others[np.clip(k, 0, len(others) - 1)] - spikes)
-        masks[unit] = np.minimum(before, after) <= lag
+        masks[unit] = np.abs(others[nearest_index(others, spikes)] - spikes) <= lag
     return masks
 
 
