@@ -1,5 +1,5 @@
 """The fast paths agree with the exact one: batch norms folded into the weights (always on), bfloat16 inference
-(``inference_dtype``), the thread tuner, and mixed-precision training (``training_dtype``)."""
+(``inference_dtype``), chunks sorted in parallel, and mixed-precision training (``training_dtype``)."""
 
 from __future__ import annotations
 
@@ -112,25 +112,33 @@ def test_bfloat16_sorts_like_float32(small_recording, small_esort_run):
         assert len(np.intersect1d(a, b)) >= 0.95 * max(len(a), len(b))
 
 
-def test_reading_ahead_changes_no_spike(small_recording, small_esort_run):
-    from spikeinterface_esort.inference import ThreadTuner, detect_in_recording
+def test_parallel_chunks_change_no_spike(small_recording, small_esort_run):
+    """On a CPU with 2 threads, chunks are sorted by 2 workers, each on one core; the spikes are those of chunks
+    sorted in turn (read ahead, or read when needed), and the caller's torch threads are restored."""
+    from spikeinterface_esort.inference import detect_in_recording
     from spikeinterface_esort.preprocessing import preprocess
 
     recording, _, _ = small_recording
     folder, _ = small_esort_run
     model = ESortModel.load(folder)
     preprocessed = preprocess(recording, model.preprocessing)
-    threads = torch.get_num_threads()
-    # 3000-sample chunks: enough of them for the thread tuner to try its three ways
-    ahead = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=True)
-    in_turn = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=False)
-    assert torch.get_num_threads() == threads  # the tuner restores the caller's setting
-    assert ahead.timings["read_ahead"] in (0, 1) and "read_ahead" not in in_turn.timings
-    trials = [ahead.timings[f"tuner_{way}_s_per_s"] for way in ThreadTuner.WAYS]  # what the tuner chose on
-    assert all(isinstance(t, float) and t > 0 for t in trials)
-    assert len(ahead.sample_index) > 0
-    for name in ("sample_index", "segment_index", "unit_index", "probability"):
-        np.testing.assert_array_equal(getattr(ahead, name), getattr(in_turn, name))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        parallel = detect_in_recording(model, preprocessed, 3000, progress_bar=False)
+        assert torch.get_num_threads() == 2
+        ahead = detect_in_recording(model, preprocessed, 3000, progress_bar=False, parallel_chunks=False)
+        in_turn = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=False)
+    finally:
+        torch.set_num_threads(previous)
+    assert parallel.timings["parallel_chunks"] == 2
+    assert "parallel_chunks" not in ahead.timings and "parallel_chunks" not in in_turn.timings
+    assert len(parallel.sample_index) > 100
+    for other in (ahead, in_turn):
+        for name in ("sample_index", "segment_index", "unit_index", "probability"):
+            np.testing.assert_array_equal(getattr(parallel, name), getattr(other, name))
+    with pytest.raises(ValueError, match="parallel_chunks"):
+        detect_in_recording(model, preprocessed, 3000, progress_bar=False, parallel_chunks=True, filter_on_device=True)
 
 
 def test_filtering_on_the_device_changes_no_spike(small_recording, small_esort_run):
@@ -163,41 +171,6 @@ def test_filtering_on_the_device_changes_no_spike(small_recording, small_esort_r
     assert not filters_on_device(sosfiltfilt, torch.device("cuda"))
     with pytest.raises(ValueError, match="filter_on_device"):
         detect_in_recording(model, sosfiltfilt, 30000, progress_bar=False, filter_on_device=True)
-
-
-@pytest.mark.parametrize("num_chunks", [12, 400])
-def test_thread_tuner_keeps_the_fastest_way(num_chunks):
-    from spikeinterface_esort.inference import ReadMode, ThreadTuner
-
-    previous = torch.get_num_threads()
-    cases = (
-        ((0.5, 0.9, 0.8), ReadMode(prefetch=True, network_threads=2)),
-        ((1.0, 0.6, 0.8), ReadMode(prefetch=True, network_threads=1)),
-        ((1.0, 0.9, 0.7), ReadMode(prefetch=False, network_threads=2)),
-    )
-    for (ahead_all, ahead_fewer, in_turn), expected in cases:
-        tuner = ThreadTuner(2, num_chunks=num_chunks)
-        trial = tuner.trial_chunks
-        assert trial == (2 if num_chunks == 12 else ThreadTuner.MAX_TRIAL_CHUNKS)  # longer trials on long recordings
-        seconds = [ahead_all, ahead_fewer, in_turn]
-        now = 0.0
-        for index in range(num_chunks):
-            mode = tuner.before_chunk(index, now)
-            way = (index - 1) // trial if 1 <= index <= 3 * trial else None
-            if way == 2:  # the trial without read-ahead: those chunks must not have been read ahead
-                assert mode == ReadMode(False, 2) and not tuner.planned(index).prefetch
-            if index > 3 * trial + 1:
-                assert mode == expected == tuner.planned(index)
-                assert torch.get_num_threads() == expected.network_threads
-            # one slow outlier chunk in the fastest way's trial does not change the choice (median)
-            outlier = way is not None and index == 1 + way * trial and trial > 2
-            now += 3.0 if outlier else (seconds[way] if way is not None else 0.7)
-        assert tuner.finish() == expected
-        assert tuner.modes[int(np.argmin(tuner.trial_seconds))] == expected
-        assert torch.get_num_threads() == 2
-    assert ThreadTuner(2, num_chunks=4).finish() == ReadMode(True, 2)  # too few chunks to try: all threads
-    assert ThreadTuner(1, num_chunks=40).finish() == ReadMode(True, 1)
-    torch.set_num_threads(previous)
 
 
 @needs_native_bfloat16

@@ -8,9 +8,11 @@ peak memory is its own): a generated recording (saved binary, 30 kHz) is preproc
 (bandpass + common median reference, with ``--filter-methods``, default the sorter's) and a network with random weights (``units`` = channels / 2) is run
 over it chunk by chunk with ``detect_in_recording``. Printed: real-time factor (seconds of recording per
 second of compute) of the network, of post-processing, of both, and of the whole inference step
-(reading, filtering, network, post-processing), the time spent waiting for the traces (per second of
-recording: with ``--no-prefetch``, the whole cost of reading and filtering), and the peak resident memory
-of the process.
+(reading, filtering, network, post-processing), the time spent reading the traces (per second of recording:
+with chunks sorted in turn, the wait for them, with ``--no-prefetch`` the whole cost of reading and filtering;
+with chunks sorted in parallel, the workers' reading time summed), how the chunks were sorted (``--schedules``),
+and the peak resident memory of the process. With chunks sorted in parallel, the network and post-processing
+figures are per worker (summed over the workers).
 ``--device cuda`` measures a GPU; there the FFT filter runs on the GPU (``--filter-on-device`` runs it with
 torch on a CPU too, to compare).
 
@@ -49,11 +51,14 @@ from ..parameters import INFERENCE_DTYPES, PARAMETERS_BY_NAME
 
 def measure(folder: Path, channels: int, stride: int, duration_s: float, device: str, threads: int,
             dtype: str = "float32", prefetch: bool = True, lazy: bool = False, filter_method: str | None = None,
-            filter_on_device: bool | None = None, spatial_radius_um: float | None = None) -> dict:
+            filter_on_device: bool | None = None, spatial_radius_um: float | None = None,
+            schedule: str = "default") -> dict:
     """One configuration, in this process. ``lazy``: the recording is generated chunk by chunk as it is read
     (nothing saved; its generation counts in the inference step), for long recordings. ``filter_on_device``:
     as ``detect_in_recording``'s (default: on a GPU with the FFT filter). ``spatial_radius_um``: the network's
-    local spatial filter (None: dense)."""
+    local spatial filter (None: dense). ``schedule``: "default" (the sorter's: on a CPU with several threads,
+    chunks sorted in parallel) or "read_ahead" (chunks in turn, the next one read ahead while the network runs
+    with every thread)."""
     import numpy as np
     import torch
 
@@ -95,7 +100,8 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
         filter_on_device = filters_on_device(preprocessed, model.device)
     t0 = time.perf_counter()
     detected = detect_in_recording(model, preprocessed, chunk_size=int(fs), progress_bar=False, stride=stride,
-                                   prefetch=prefetch, filter_on_device=filter_on_device)
+                                   prefetch=prefetch, filter_on_device=filter_on_device,
+                                   parallel_chunks=False if schedule == "read_ahead" else None)
     wall = time.perf_counter() - t0
     seconds = recording.get_total_duration()
     t = detected.timings
@@ -105,8 +111,7 @@ def measure(folder: Path, channels: int, stride: int, duration_s: float, device:
         else float(network.spatial_mask.sum(1).mean()), filter_method=params["filter_method"],
         filter_on_device=bool(filter_on_device),
         device=str(model.device), threads=threads,
-        prefetch=prefetch, lazy=lazy, network_threads=t.get("network_threads", threads),
-        read_ahead=bool(t.get("read_ahead", prefetch)), **{k: v for k, v in t.items() if k.startswith("tuner_")},
+        prefetch=prefetch, lazy=lazy, parallel_chunks=int(t.get("parallel_chunks", 0)),
         duration_s=seconds,
         rtf_network=seconds / t["network_s"], rtf_postprocessing=seconds / t["postprocessing_s"],
         rtf_network_and_postprocessing=seconds / (t["network_s"] + t["postprocessing_s"]),
@@ -186,12 +191,13 @@ def timing_error(reference, other, max_samples: int = 12) -> dict:
 
 
 def _child(folder: Path, args, channels: int, stride: int, dtype: str, duration: float, lazy: bool = False,
-           filter_method: str | None = None, radius: float | None = None) -> dict:
+           filter_method: str | None = None, radius: float | None = None, schedule: str = "default") -> dict:
     """``measure`` in a fresh process (so that its peak memory is its own)."""
     command = [sys.executable, "-m", "spikeinterface_esort.tools.throughput", "--one", str(channels), str(stride), dtype,
                "--spatial-radii", "none" if radius is None else f"{radius:g}",
                "--duration", str(duration), "--device", args.device, "--threads", str(args.threads),
-               "--folder", str(folder), "--filter-methods", filter_method or args.filter_methods[0]]
+               "--folder", str(folder), "--filter-methods", filter_method or args.filter_methods[0],
+               "--schedules", schedule]
     command += ["--no-prefetch"] if args.no_prefetch else []
     command += ["--lazy"] if lazy else []
     command += ["--filter-on-device"] if args.filter_on_device else []
@@ -297,6 +303,16 @@ def _radius_text(radius: float | None) -> str:
     return "dense" if radius is None else f"{radius:g} um"
 
 
+SCHEDULES = ("default", "read_ahead")
+
+
+def _schedule_text(row: dict) -> str:
+    """How a row's chunks were sorted, in words."""
+    if row.get("parallel_chunks"):
+        return f"{row['parallel_chunks']} in parallel"
+    return "in turn, read ahead" if row.get("prefetch", True) else "in turn, read when needed"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m spikeinterface_esort.tools.throughput``."""
     parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.throughput", description=__doc__,
@@ -320,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recordings of the accuracy part")
     parser.add_argument("--skip-throughput", action="store_true", help="only the accuracy part")
     parser.add_argument("--no-prefetch", action="store_true", help="read each chunk only when the network needs it")
+    parser.add_argument("--schedules", nargs="+", default=["default"], choices=SCHEDULES,
+                        help="how chunks are sorted on CPU: 'default' (the sorter's: in parallel, one worker per "
+                             "thread, each reading and running the network on its own chunk) and/or 'read_ahead' "
+                             "(in turn, the next chunk read in a thread while the network runs with every thread)")
     parser.add_argument("--filter-on-device", action="store_true",
                         help="filter with torch on --device (the default on a GPU with the FFT filter; on a CPU, "
                              "to compare it with the numpy/scipy filter)")
@@ -362,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         channels, stride, dtype = int(args.one[0]), int(args.one[1]), args.one[2]
         print(json.dumps(measure(folder, channels, stride, args.duration, args.device, args.threads, dtype,
                                  not args.no_prefetch, args.lazy, args.filter_methods[0],
-                                 True if args.filter_on_device else None, args.spatial_radii[0])))
+                                 True if args.filter_on_device else None, args.spatial_radii[0], args.schedules[0])))
         return 0
     if args.memory:
         return memory_by_duration(folder, args)
@@ -372,13 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     for channels in [] if args.skip_throughput else args.channels:
         for filter_method in args.filter_methods:
             for stride, dtype, radius in paths:
-                rows.append(_child(folder, args, channels, stride, dtype, args.duration, filter_method=filter_method,
-                                   radius=radius))
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows), indent=2))
-                print(f"{channels} channels, {filter_method}, stride {stride}, {dtype}, {_radius_text(radius)} "
-                      f"spatial filter: inference step "
-                      f"{rows[-1]['rtf_inference']:.2f}x real time", flush=True)
+                for schedule in args.schedules:
+                    rows.append(_child(folder, args, channels, stride, dtype, args.duration, filter_method=filter_method,
+                                       radius=radius, schedule=schedule))
+                    folder.mkdir(parents=True, exist_ok=True)
+                    (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows), indent=2))
+                    print(f"{channels} channels, {filter_method}, stride {stride}, {dtype}, {_radius_text(radius)} "
+                          f"spatial filter, chunks {_schedule_text(rows[-1])}: inference step "
+                          f"{rows[-1]['rtf_inference']:.2f}x real time", flush=True)
     accuracy = accuracy_by_path(folder, paths, args.datasets, args.threads) if args.accuracy else []
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "throughput.json").write_text(json.dumps(dict(throughput=rows, accuracy=accuracy), indent=2))
@@ -388,15 +409,14 @@ def main(argv: list[str] | None = None) -> int:
         print("| channels | units | device | filter | stride | dtype | spatial filter (channels per feature) | "
               "network (x RT) | post-processing (x RT) | "
               "network + post-processing (x RT) | inference step incl. read + filter (x RT) | "
-              "waiting for read + filter (s per s) | network threads (tuner's choice) | peak RSS (MB) |")
+              "read + filter (s per s) | chunks sorted | peak RSS (MB) |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
             filter_name = r["filter_method"] + (" on device" if r.get("filter_on_device") else "")
             print(f"| {r['channels']} | {r['units']} | {r['device']} | {filter_name} | {r['stride']} | {r['dtype']} | "
                   f"{_radius_text(r['spatial_radius_um'])} ({r['spatial_weights_per_feature']:.0f}) | "
                   f"{r['rtf_network']:.2f} | {r['rtf_postprocessing']:.1f} | {r['rtf_network_and_postprocessing']:.2f} | "
-                  f"{r['rtf_inference']:.2f} | {r['read_s'] / r['duration_s']:.3f} | {r['network_threads']}"
-                  f"{'' if r.get('read_ahead', True) else ', no read-ahead'} | "
+                  f"{r['rtf_inference']:.2f} | {r['read_s'] / r['duration_s']:.3f} | {_schedule_text(r)} | "
                   f"{r['peak_rss_mb']:.0f} |")
     if accuracy:
         print("\n| dataset | stride | dtype | spatial filter | held-out accuracy | delta vs exact | worst unit's delta | "
