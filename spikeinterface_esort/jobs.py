@@ -57,6 +57,8 @@ def optional_file_log(folder: Path | None):
 STEP_NAMES = {  # timings.json key -> what the step is, in a user's words
     "preprocessing": "preparing the recording (filter, noise levels)",
     "annotation": "annotating the training window",
+    "window": "reading the training window",
+    "curation": "curating the annotated units",
     "training": "training the network",
     "validation": "choosing thresholds on held-out annotations",
     "self-training": "relabelling the window with the network",

@@ -269,11 +269,13 @@ def fit_model(
     n_jobs: int,
     timer: "StepTimer | None" = None,
     backbone: Backbone | None = None,
+    window_traces: torch.Tensor | None = None,
 ) -> tuple[ESortModel, TrainingSplit]:
     """Train a network on the annotated training window of a preprocessed recording (from
     ``backbone``, else from ``pretrained_weights`` when given) and choose its thresholds on the held-out part:
     the model and the split (in the window's training-recording frames, like ``annotations``). ``n_jobs``:
-    threads reading the training traces."""
+    threads reading the training traces. ``window_traces``: the window's traces already read (``load_traces`` of
+    the window's training recording with these noise levels), else they are read here."""
     timer = timer or StepTimer()
     requested, params = params, resolve_precision(params, device)
     for name in ("training_dtype", "inference_dtype"):
@@ -286,10 +288,12 @@ def fit_model(
     with timer("training"):
         if backbone is None:
             backbone = resolve_backbone(params["pretrained_weights"], locations, fs)
-        traces = load_traces(
-            training_recording, 0, window.num_samples, noise_levels, chunk_size=chunk_size, progress_bar=progress_bar,
-            n_jobs=n_jobs,
-        )
+        traces = window_traces
+        if traces is None:
+            traces = load_traces(
+                training_recording, 0, window.num_samples, noise_levels, chunk_size=chunk_size,
+                progress_bar=progress_bar, n_jobs=n_jobs,
+            )
         jitter = int(round(params["jitter_ms"] * fs / 1000.0))
         network, history = fit_network(
             traces, annotations, split, network_window_samples(params["window_ms"], fs), jitter, params, device,

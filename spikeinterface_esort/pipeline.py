@@ -25,8 +25,10 @@ from .network import network_window_samples
 from .output import (check_spike_counts, json_default, make_sorting, save_sorting, save_training_annotations,
                      set_unit_properties)
 from .parameters import validate_params
-from .preprocessing import check_preprocessing_params, correct_motion, estimate_noise_levels, preprocess
+from .preprocessing import (check_preprocessing_params, correct_motion, estimate_noise_levels, in_memory_recording,
+                            preprocess)
 from .self_training import relabel
+from .training import load_traces
 from .transfer import resolve_backbone
 
 logger = logging.getLogger("spikeinterface_esort")
@@ -80,21 +82,27 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
 
         with timer("annotation"):
             annotations = annotate(recording, window, params, folder, verbose)
-            curation = resolve_annotation_curation(params)
-            if params["annotation_curation"] == "auto":
-                logger.info("annotation curation: auto -> %s", "none (a saved sorting is used as given)"
-                            if curation is None else json.dumps(curation))
-            if curation is not None:
+        with timer("window"):  # read and filtered once, for the curation and every training
+            training_recording = window.training_recording(preprocessed)
+            window_traces = load_traces(training_recording, 0, window.num_samples, noise_levels, chunk_size,
+                                        progress_bar, n_jobs=job_kwargs["n_jobs"])
+        curation = resolve_annotation_curation(params)
+        if params["annotation_curation"] == "auto":
+            logger.info("annotation curation: auto -> %s", "none (a saved sorting is used as given)"
+                        if curation is None else json.dumps(curation))
+        if curation is not None:
+            with timer("curation"):
+                # SpikeInterface reads the window from memory, in threads (no copy of it in worker processes)
                 annotations = curate_annotations(
-                    annotations, window.training_recording(preprocessed), curation, folder,
-                    dict(job_kwargs, progress_bar=progress_bar), seed=params["seed"],
+                    annotations, in_memory_recording(window_traces, noise_levels, training_recording), curation,
+                    folder, dict(job_kwargs, progress_bar=progress_bar, pool_engine="thread"), seed=params["seed"],
                 )
                 annotations = checked_annotations(annotations, window, params)
-            save_training_annotations(annotations, window, fs, folder / "training_annotations")
+        save_training_annotations(annotations, window, fs, folder / "training_annotations")
 
         model, split = fit_model(
             preprocessed, annotations, window, noise_levels, params, device, chunk_size, progress_bar,
-            n_jobs=job_kwargs["n_jobs"], timer=timer,
+            n_jobs=job_kwargs["n_jobs"], timer=timer, window_traces=window_traces,
         )
         relabelled = annotations  # the annotations stay as given for the units' properties
         for round_index in range(params["self_training_rounds"]):
@@ -104,8 +112,9 @@ def run_esort(recording: BaseRecording, params: dict, sorter_output_folder: str 
                                         chunk_size, progress_bar)
             model, split = fit_model(
                 preprocessed, relabelled, window, noise_levels, params, device, chunk_size, progress_bar,
-                n_jobs=job_kwargs["n_jobs"], timer=timer,
+                n_jobs=job_kwargs["n_jobs"], timer=timer, window_traces=window_traces,
             )
+        del window_traces  # not held through inference
         with timer("inference"):
             detected = detect_in_recording(
                 model, preprocessed, chunk_size, progress_bar, stride=params["inference_stride"]

@@ -20,7 +20,7 @@ import scipy.fft
 import scipy.signal
 import spikeinterface.preprocessing as spre
 import torch
-from spikeinterface.core import BaseRecording, get_noise_levels
+from spikeinterface.core import BaseRecording, NumpyRecording, get_noise_levels
 from spikeinterface.preprocessing.basepreprocessor import BasePreprocessor, BasePreprocessorSegment
 
 from .parameters import PARAMETERS_BY_NAME
@@ -261,6 +261,19 @@ def estimate_noise_levels(recording: BaseRecording, seed: int, progress_bar: boo
     positive = noise[noise > 0]
     floor = float(np.median(positive)) * 1e-3 if positive.size else 1.0
     return np.maximum(noise, floor)
+
+
+def in_memory_recording(traces: torch.Tensor, noise_levels: np.ndarray, like: BaseRecording) -> BaseRecording:
+    """A one-segment recording of ``traces`` (samples, channels) held in memory, normalised by ``noise_levels`` (as
+    ``training.load_traces`` reads a window), with ``like``'s channels, probe, properties and units: chunks come
+    back as float32 ``traces * noise_levels``, so that SpikeInterface's tools read the window without filtering it
+    again. ``traces`` is not copied."""
+    if traces.shape != (like.get_num_samples(0), like.get_num_channels()):
+        raise ValueError(f"traces of shape {tuple(traces.shape)} do not fit a recording of "
+                         f"{like.get_num_samples(0)} samples x {like.get_num_channels()} channels")
+    memory = NumpyRecording([traces.numpy()], like.get_sampling_frequency(), channel_ids=like.channel_ids)
+    like.copy_metadata(memory, only_main=False)  # probe, locations, gains
+    return spre.scale(memory, gain=np.asarray(noise_levels, dtype="float32"), dtype="float32")
 
 
 def read_block(recording: BaseRecording, start: int, stop: int, segment_index: int,

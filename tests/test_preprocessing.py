@@ -9,7 +9,9 @@ import spikeinterface.preprocessing as spre
 from spikeinterface.core import NumpyRecording
 
 from spikeinterface_esort.parameters import default_params
-from spikeinterface_esort.preprocessing import FFTBandpassRecording, median_reference_, preprocess
+from spikeinterface_esort.preprocessing import (FFTBandpassRecording, estimate_noise_levels, in_memory_recording,
+                                                median_reference_, preprocess)
+from spikeinterface_esort.training import load_traces
 
 
 def sosfiltfilt_reference(recording, median_reference=True):
@@ -122,3 +124,22 @@ def test_fft_bandpass_on_the_device_equals_the_cpu_filter(small_recording, media
             got = fft.get_traces_on_device(0, start, end, torch.device("cpu"))
             assert got.dtype == torch.float32 and tuple(got.shape) == expected.shape
             np.testing.assert_allclose(got.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max(initial=1.0))
+
+
+def test_a_window_read_into_memory_is_the_preprocessed_recording(small_recording):
+    """The training window, read once (noise-normalised, float16), is given to SpikeInterface's tools as a recording
+    with the preprocessed recording's probe and units: its traces are the preprocessed ones to float16 rounding."""
+    preprocessed = preprocess(small_recording[0], default_params())
+    window = preprocessed.frame_slice(30000, 90000)
+    noise = estimate_noise_levels(window, seed=0)
+    traces = load_traces(window, 0, window.get_num_samples(), noise, chunk_size=20000, progress_bar=False, n_jobs=2)
+    memory = in_memory_recording(traces, noise, window)
+    assert memory.get_num_samples() == window.get_num_samples() and memory.get_dtype() == np.float32
+    np.testing.assert_array_equal(memory.get_channel_locations(), window.get_channel_locations())
+    assert memory.has_probe() == window.has_probe()
+    expected = window.get_traces(start_frame=1000, end_frame=9000)
+    got = memory.get_traces(start_frame=1000, end_frame=9000)
+    assert np.max(np.abs(got - expected) / noise) < 2e-2  # float16: 11 bits over spikes of tens of noise levels
+    assert np.median(np.abs(got - expected) / noise) < 1e-3
+    with pytest.raises(ValueError, match="do not fit"):
+        in_memory_recording(traces[:-1], noise, window)

@@ -73,6 +73,10 @@ def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path, 
     assert set(report["quality_metrics"]) == (set(map(str, teacher.unit_ids)) - {
         str(u) for u in teacher.unit_ids if teacher.count_num_spikes_per_unit()[u] < 10} - split_units) | split_parts
     assert set(map(str, sorting.unit_ids)) == {u for u, fate in report["units"].items() if fate is not None}
+    # the window is read once, before the curation, which reads it from memory
+    timings = json.loads((folder / "sorter_output" / "timings.json").read_text())
+    assert {"annotation", "window", "curation", "training", "validation", "inference"} <= set(timings)
+    assert log.index("window: done") < log.index("curation: start") < log.index("training: start")
     # the labels the network trained on are kept, in the recording's time base, inside the 20 s window
     labels = si.load(folder / "sorter_output" / "training_annotations")
     assert list(map(str, labels.unit_ids)) == list(map(str, sorting.unit_ids))

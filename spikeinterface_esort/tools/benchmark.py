@@ -483,14 +483,17 @@ ESORT_STEPS = ("annotation", "training", "inference", "postprocessing")
 
 def _esort_steps(sorter_folder: Path, run_time_s: float) -> dict:
     """esort's wall time per step (s), from its ``timings.json``: annotation (the teacher sorter, or reading
-    the annotations), training (training and threshold validation), inference (reading, filtering, network),
-    post-processing (probabilities to spikes), and other (preprocessing setup, noise estimate, saving, run_sorter)."""
+    the annotations, and the curation of its units), training (reading the window, training and threshold
+    validation), inference (reading, filtering, network), post-processing (probabilities to spikes; with chunks
+    sorted in parallel, the workers' time summed), and other (preprocessing setup, noise estimate, saving,
+    run_sorter)."""
     timings_file = sorter_folder / "sorter_output" / "timings.json"
     if not timings_file.is_file():
         return {}
     t = json.loads(timings_file.read_text())
     post = t.get("inference_postprocessing_s", 0.0)
-    steps = dict(annotation=t.get("annotation", 0.0), training=t.get("training", 0.0) + t.get("validation", 0.0),
+    steps = dict(annotation=t.get("annotation", 0.0) + t.get("curation", 0.0),
+                 training=t.get("window", 0.0) + t.get("training", 0.0) + t.get("validation", 0.0),
                  inference=t.get("inference", 0.0) - post, postprocessing=post)
     steps["other"] = run_time_s - sum(steps.values())
     return {f"{k}_s": float(v) for k, v in steps.items()}

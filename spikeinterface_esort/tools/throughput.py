@@ -153,7 +153,8 @@ def accuracy_by_path(folder: Path, paths: list[tuple[int, str, float | None]], d
             )
             timings = json.loads((out / "sorter_output" / "timings.json").read_text())
             dataset_rows.append(dict(dataset=name, stride=stride, dtype=dtype, spatial_radius_um=radius,
-                                     training_s=timings["training"], inference_s=timings["inference"],
+                                     training_s=timings.get("window", 0.0) + timings["training"],
+                                     inference_s=timings["inference"],
                                      rtf_inference_step=recording.get_total_duration() / timings["inference"], **scores))
             sortings.append(sorting)
             per_unit.append(performance["accuracy"])
