@@ -66,8 +66,8 @@ def detect_in_recording(
     runs on one sample in S, on a grid fixed to the segment (samples k * S + window centre), and each
     spike's time is refined between grid points by parabolic interpolation. A spike belongs to the chunk
     holding its grid point, so chunking never changes the result.
-    On a CPU with several torch threads, ``parallel_chunks`` (the default there) sorts whole chunks in as many
-    worker threads, each reading, filtering and running the network on one core: every core does both kinds of
+    On a CPU with several torch threads and at least as many chunks, ``parallel_chunks`` (the default there) sorts
+    whole chunks in as many worker threads, each reading, filtering and running the network on one core: every core does both kinds of
     work, so neither waits for the other (on 32-384 channels of a 2-core CPU, the default path runs 1.3-1.5 times
     as fast as with the network on every core and the next chunk read ahead: docs/speed.md). Otherwise (a GPU, one thread, or ``prefetch=False``) chunks are sorted in turn:
     with ``prefetch`` the next chunk is read and preprocessed in a thread while the network runs (the filters and
@@ -96,8 +96,9 @@ def detect_in_recording(
         raise ValueError("filter_on_device needs a recording filtered by FFTBandpassRecording (filter_method='fft').")
     timings = dict(read_s=0.0, network_s=0.0, postprocessing_s=0.0)
     threads = torch.get_num_threads()
-    if parallel_chunks is None:
-        parallel_chunks = device.type == "cpu" and prefetch and threads > 1 and not filter_on_device
+    if parallel_chunks is None:  # with fewer chunks than threads (an online sorter's one chunk) workers would idle
+        parallel_chunks = (device.type == "cpu" and prefetch and threads > 1 and not filter_on_device
+                           and len(jobs) >= threads)
     elif parallel_chunks and (device.type != "cpu" or filter_on_device):
         raise ValueError("parallel_chunks sorts chunks on CPU threads, with the CPU filter.")
     if parallel_chunks:

@@ -129,10 +129,12 @@ def test_parallel_chunks_change_no_spike(small_recording, small_esort_run):
         assert torch.get_num_threads() == 2
         ahead = detect_in_recording(model, preprocessed, 3000, progress_bar=False, parallel_chunks=False)
         in_turn = detect_in_recording(model, preprocessed, 3000, progress_bar=False, prefetch=False)
+        # one chunk (as the online sorter asks for): sorted in turn, the network on both threads
+        one_chunk = detect_in_recording(model, preprocessed, 3000, progress_bar=False, frame_range=(6000, 9000))
     finally:
         torch.set_num_threads(previous)
     assert parallel.timings["parallel_chunks"] == 2
-    assert "parallel_chunks" not in ahead.timings and "parallel_chunks" not in in_turn.timings
+    assert all("parallel_chunks" not in d.timings for d in (ahead, in_turn, one_chunk))
     assert len(parallel.sample_index) > 100
     for other in (ahead, in_turn):
         for name in ("sample_index", "segment_index", "unit_index", "probability"):
