@@ -67,12 +67,13 @@ def detect_in_recording(
     spike's time is refined between grid points by parabolic interpolation. A spike belongs to the chunk
     holding its grid point, so chunking never changes the result.
     On a CPU with several torch threads and at least as many chunks, ``parallel_chunks`` (the default there) sorts
-    whole chunks in as many worker threads, each reading, filtering and running the network on one core: every core does both kinds of
-    work, so neither waits for the other (on 32-384 channels of a 2-core CPU, the default path runs 1.3-1.5 times
-    as fast as with the network on every core and the next chunk read ahead: docs/speed.md). Otherwise (a GPU, one thread, or ``prefetch=False``) chunks are sorted in turn:
-    with ``prefetch`` the next chunk is read and preprocessed in a thread while the network runs (the filters and
-    numpy release the GIL; on a GPU the reader filters with every CPU thread), without it each chunk is read when
-    needed, with every thread.
+    whole chunks in as many worker threads, each reading, filtering and running the network on one core: every
+    core does both kinds of work, so neither waits for the other (on 32-384 channels of a 2-core CPU, the default
+    path runs 1.3-1.5 times as fast as with the network on every core and the next chunk read ahead:
+    docs/speed.md). Otherwise (a GPU, one thread, fewer chunks than threads, or ``prefetch=False``) chunks are
+    sorted in turn: with ``prefetch`` the next chunk is read and preprocessed in a thread while the network runs
+    (the filters and numpy release the GIL; on a GPU the reader filters with every CPU thread), without it each
+    chunk is read when needed, with every thread.
     With ``filter_on_device`` (default: ``filters_on_device``, i.e. on a GPU with the FFT filter) the raw traces
     are copied to the model's device and filtered there, so that a GPU's sort is bound by reading the file, not
     by the CPU's filter; the spikes are those of the CPU filter (float rounding aside).
@@ -152,7 +153,8 @@ def detect_in_recording(
     return _collected(out_samples, out_segments, out_units, out_probs, timings)
 
 
-def _collected(out_samples: list, out_segments: list, out_units: list, out_probs: list, timings: dict) -> DetectedSpikes:
+def _collected(out_samples: list, out_segments: list, out_units: list, out_probs: list,
+               timings: dict) -> DetectedSpikes:
     """The chunks' spikes as one ``DetectedSpikes``, sorted by segment, time, unit."""
     if not out_samples:
         empty = np.zeros(0, dtype=np.int64)
