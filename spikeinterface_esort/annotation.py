@@ -19,6 +19,7 @@ import numpy as np
 from spikeinterface.core import BaseRecording, BaseSorting
 
 from .ensemble import combine_sortings
+from .jobs import resolve_job_kwargs
 
 logger = logging.getLogger("spikeinterface_esort")
 
@@ -288,10 +289,18 @@ def teacher_names(params: dict) -> list[str]:
 
 def teacher_params(params: dict, name: str) -> dict:
     """``run_sorter`` parameters of annotation sorter ``name``: ``annotation_sorter_params``, or with several
-    sorters its entry ``name`` (none: the sorter's defaults)."""
-    if isinstance(params["annotation_sorter"], str):
-        return dict(params["annotation_sorter_params"])
-    return dict(params["annotation_sorter_params"].get(name, {}))
+    sorters its entry ``name`` (none: the sorter's defaults). A sorter that takes ``job_kwargs``
+    (SpikeInterface's own: spykingcircus2, tridesclous2) gets esort's ``job_kwargs`` unless they are given, so
+    that it runs on the cores esort was given (SpikeInterface's global default is one job)."""
+    from spikeinterface.sorters import sorter_dict
+
+    given = params["annotation_sorter_params"]
+    teacher = dict(given if isinstance(params["annotation_sorter"], str) else given.get(name, {}))
+    if "job_kwargs" not in teacher and name in sorter_dict and "job_kwargs" in sorter_dict[name].default_params():
+        job_kwargs = resolve_job_kwargs(params.get("job_kwargs", {}))
+        job_kwargs.pop("progress_bar", None)  # the sorter sets it from run_sorter's verbose
+        teacher["job_kwargs"] = job_kwargs
+    return teacher
 
 
 def check_annotation_source(recording: BaseRecording, params: dict) -> None:

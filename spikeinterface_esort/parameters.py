@@ -121,7 +121,8 @@ PARAMETERS: tuple[Parameter, ...] = (
               "training (docs/real-data.md)."),
     Parameter("annotation_sorter_params", {}, (dict,), "annotation",
               "Parameters passed to run_sorter for annotation_sorter; with a list of sorters, a dict from sorter "
-              "name to its parameters (a sorter not in it runs with its defaults)."),
+              "name to its parameters (a sorter not in it runs with its defaults). A sorter that takes job_kwargs "
+              "(spykingcircus2, tridesclous2) gets esort's job_kwargs (n_jobs) unless they are given here."),
     Parameter("ensemble_unmatched_units", "keep", (str,), "annotation",
               "Teacher ensemble only: a unit that only one of the annotation sorters found is kept (all its "
               "spikes are positives) or dropped.", choices=("keep", "drop")),

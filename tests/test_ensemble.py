@@ -124,3 +124,23 @@ def test_sort_with_a_teacher_ensemble(ground_truth_recording, tmp_path):
     perf = comparison.get_performance().astype(float)
     assert perf["accuracy"].mean() >= 0.6 and (perf["accuracy"] > 0.8).sum() >= 6, perf
 
+
+
+def test_teachers_run_on_esorts_jobs_unless_told_otherwise():
+    """SpikeInterface's own sorters get esort's job_kwargs (its n_jobs), not SpikeInterface's global one job; a
+    teacher's own job_kwargs win; a sorter without job_kwargs gets none."""
+    from spikeinterface_esort.annotation import teacher_params
+    from spikeinterface_esort.parameters import default_params
+
+    import os
+
+    assert teacher_params(default_params(), "spykingcircus2")["job_kwargs"]["n_jobs"] == os.cpu_count()  # esort's -1
+    params = dict(default_params(), job_kwargs={"n_jobs": 1, "chunk_duration": "0.5s"})
+    assert teacher_params(params, "tridesclous2")["job_kwargs"]["chunk_duration"] == "0.5s"
+    params["annotation_sorter_params"] = {"job_kwargs": {"n_jobs": 1}, "apply_motion_correction": False}
+    assert teacher_params(params, "spykingcircus2") == {"job_kwargs": {"n_jobs": 1}, "apply_motion_correction": False}
+    params = dict(default_params(), job_kwargs={"n_jobs": 1, "chunk_duration": "0.5s"},
+                  annotation_sorter=["spykingcircus2", "kilosort4"],
+                  annotation_sorter_params={"kilosort4": {"batch_size": 30000}})
+    assert teacher_params(params, "kilosort4") == {"batch_size": 30000}  # kilosort4 takes no job_kwargs
+    assert teacher_params(params, "spykingcircus2")["job_kwargs"]["chunk_duration"] == "0.5s"

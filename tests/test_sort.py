@@ -2,6 +2,7 @@
 the held-out part with SpikeInterface's compare_sorter_to_ground_truth."""
 
 import json
+import os
 import warnings
 
 import numpy as np
@@ -68,6 +69,8 @@ def test_sort_with_the_default_teacher_sorter(ground_truth_recording, tmp_path, 
     assert well_detected >= 6, perf
     log = (folder / "sorter_output" / "esort.log").read_text()
     assert "from sorter spykingcircus2" in log
+    # the teacher runs on the cores esort was given (SpikeInterface's global default is one job)
+    assert f"of segment 0, {os.cpu_count()} CPU job(s)" in log
     # the default cleaning of a teacher's units ran and reported each unit's SNR
     assert 'annotation curation: auto -> {"split_units": {}, "unit_thresholds": {"snr": {"greater": 3.0}}}' in log
     assert set(report["quality_metrics"]) == (set(map(str, teacher.unit_ids)) - {
