@@ -102,19 +102,41 @@ def detect_in_recording(
                            and len(jobs) >= threads)
     elif parallel_chunks and (device.type != "cpu" or filter_on_device):
         raise ValueError("parallel_chunks sorts chunks on CPU threads, with the CPU filter.")
-    if parallel_chunks:
-        return _detect_in_parallel_chunks(model, recording, jobs, stride, progress_bar, threads, margin_before,
-                                          margin_after, thresholds)
-    # on a GPU the CPU is free while the network runs: a read-ahead thread filtering there uses every thread
-    ahead_threads = threads if device.type != "cpu" else 1
-    out_samples, out_segments, out_units, out_probs = [], [], [], []
 
-    def read(job, reader_threads: int):
+    def read(job, reader_threads: int) -> tuple[int, np.ndarray | torch.Tensor]:
+        """Chunk ``job``'s block, from its first grid point before the margin: (its first frame, its traces)."""
         segment_index, chunk_start, chunk_stop = job
         block_start = ((chunk_start - margin_before) // stride) * stride  # on the segment's grid
         with preprocessing_threads(reader_threads):
             return block_start, read_block(recording, block_start, chunk_stop + margin_after, segment_index,
                                            device if filter_on_device else None)
+
+    def on_device(block: np.ndarray | torch.Tensor) -> torch.Tensor:
+        if filter_on_device:  # read_block gave a tensor, filtered on the device
+            return block
+        return torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
+
+    def sort(job, block_start: int, traces: torch.Tensor) -> tuple[tuple, float, float]:
+        """The spikes (samples, segments, units, probabilities) whose grid point lies in chunk ``job``, and the
+        seconds of the network and of post-processing."""
+        segment_index, chunk_start, chunk_stop = job
+        t0 = time.perf_counter()
+        probabilities = model.probabilities(traces, stride)
+        _sync(device)
+        t1 = time.perf_counter()
+        units, grid, samples, probs = model.spikes(probabilities, thresholds, stride)
+        grid = grid + block_start
+        mine = (grid >= chunk_start) & (grid < chunk_stop)
+        samples = (samples[mine] + block_start).cpu().numpy().astype(np.int64)
+        spikes = (samples, np.full(len(samples), segment_index, dtype=np.int64),
+                  units[mine].cpu().numpy().astype(np.int64), probs[mine].cpu().numpy().astype(np.float32))
+        return spikes, t1 - t0, time.perf_counter() - t1
+
+    if parallel_chunks:
+        return _detect_in_parallel_chunks(model, jobs, read, on_device, sort, threads, progress_bar)
+    # on a GPU the CPU is free while the network runs: a read-ahead thread filtering there uses every thread
+    ahead_threads = threads if device.type != "cpu" else 1
+    out = ([], [], [], [])
 
     def read_ahead(index: int) -> bool:
         return prefetch and index < len(jobs)
@@ -123,34 +145,15 @@ def detect_in_recording(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="esort-read") as reader:
         pending = reader.submit(read, jobs[0], ahead_threads) if read_ahead(0) else None
         for i, job in enumerate(tqdm(jobs, desc="esort inference", unit="chunk", disable=not progress_bar)):
-            segment_index, chunk_start, chunk_stop = job
             t0 = time.perf_counter()
             # a chunk not read ahead is read now, with every thread (nothing else runs meanwhile)
             block_start, block = pending.result() if pending is not None else read(job, threads)
             pending = reader.submit(read, jobs[i + 1], ahead_threads) if read_ahead(i + 1) else None
-            if filter_on_device:  # read_block gave a tensor, filtered on the device
-                traces = block
-            else:
-                traces = torch.from_numpy(np.ascontiguousarray(block)).to(device, non_blocking=True)
-            t1 = time.perf_counter()
-            probabilities = model.probabilities(traces, stride)
-            _sync(device)
-            t2 = time.perf_counter()
-            units, grid, samples, probs = model.spikes(probabilities, thresholds, stride)
-            grid = grid + block_start
-            mine = (grid >= chunk_start) & (grid < chunk_stop)
-            units, samples, probs = units[mine], samples[mine] + block_start, probs[mine]
-            _sync(device)
-            t3 = time.perf_counter()
-            timings["read_s"] += t1 - t0
-            timings["network_s"] += t2 - t1
-            timings["postprocessing_s"] += t3 - t2
-            out_samples.append(samples.cpu().numpy().astype(np.int64))
-            out_units.append(units.cpu().numpy().astype(np.int64))
-            out_probs.append(probs.cpu().numpy().astype(np.float32))
-            out_segments.append(np.full(len(out_samples[-1]), segment_index, dtype=np.int64))
-
-    return _collected(out_samples, out_segments, out_units, out_probs, timings)
+            traces = on_device(block)
+            read_s = time.perf_counter() - t0
+            spikes, network_s, postprocessing_s = sort(job, block_start, traces)
+            _add(out, timings, spikes, read_s, network_s, postprocessing_s)
+    return _collected(*out, timings)
 
 
 def _collected(out_samples: list, out_segments: list, out_units: list, out_probs: list,
@@ -168,33 +171,22 @@ def _collected(out_samples: list, out_segments: list, out_units: list, out_probs
     )
 
 
-def _detect_in_parallel_chunks(model: ESortModel, recording: BaseRecording, jobs: list[tuple[int, int, int]],
-                               stride: int, progress_bar: bool, threads: int, margin_before: int, margin_after: int,
-                               thresholds: np.ndarray | None) -> DetectedSpikes:
-    """``detect_in_recording`` on CPU with ``threads`` workers, each sorting whole chunks on its own: it reads and
-    filters its chunk, then runs the network on one torch thread and post-processes. Every core does both kinds of
-    work, so neither waits for the other (reading ahead in one thread while the network runs on the others leaves
-    the reader's core idle when filtering is the faster of the two). Timings are summed over the workers
-    (thread-seconds), ``parallel_chunks`` is the number of workers."""
+def _detect_in_parallel_chunks(model: ESortModel, jobs: list[tuple[int, int, int]], read, on_device, sort,
+                               threads: int, progress_bar: bool) -> DetectedSpikes:
+    """``detect_in_recording`` on CPU with ``threads`` workers, each sorting whole chunks on its own (``read`` with
+    one thread, ``on_device``, then ``sort``: the network on one torch thread, and post-processing). Every core does
+    both kinds of work, so neither waits for the other (reading ahead in one thread while the network runs on the
+    others leaves the reader's core idle when filtering is the faster of the two). Timings are summed over the
+    workers (thread-seconds), ``parallel_chunks`` is the number of workers."""
     model.folded_network()  # built once, before the workers share it
 
     def sort_chunk(job):
-        segment_index, chunk_start, chunk_stop = job
         t0 = time.perf_counter()
-        block_start = ((chunk_start - margin_before) // stride) * stride  # on the segment's grid
-        with preprocessing_threads(1):
-            block = read_block(recording, block_start, chunk_stop + margin_after, segment_index)
-        traces = torch.from_numpy(np.ascontiguousarray(block))
-        t1 = time.perf_counter()
-        probabilities = model.probabilities(traces, stride)
-        t2 = time.perf_counter()
-        units, grid, samples, probs = model.spikes(probabilities, thresholds, stride)
-        grid = grid + block_start
-        mine = (grid >= chunk_start) & (grid < chunk_stop)
-        samples = (samples[mine] + block_start).numpy().astype(np.int64)
-        spikes = (samples, np.full(len(samples), segment_index, dtype=np.int64),
-                  units[mine].numpy().astype(np.int64), probs[mine].numpy().astype(np.float32))
-        return spikes, (t1 - t0, t2 - t1, time.perf_counter() - t2)
+        block_start, block = read(job, 1)
+        traces = on_device(block)
+        read_s = time.perf_counter() - t0
+        spikes, network_s, postprocessing_s = sort(job, block_start, traces)
+        return spikes, read_s, network_s, postprocessing_s
 
     timings = dict(read_s=0.0, network_s=0.0, postprocessing_s=0.0, parallel_chunks=threads)
     out = ([], [], [], [])
@@ -207,19 +199,18 @@ def _detect_in_parallel_chunks(model: ESortModel, recording: BaseRecording, jobs
             for job in jobs:
                 pending.append(pool.submit(sort_chunk, job))
                 if len(pending) >= 2 * threads:
-                    _take(pending.popleft(), out, timings)
+                    _add(out, timings, *pending.popleft().result())
                     bar.update()
             while pending:
-                _take(pending.popleft(), out, timings)
+                _add(out, timings, *pending.popleft().result())
                 bar.update()
     finally:
         torch.set_num_threads(previous)
     return _collected(*out, timings)
 
 
-def _take(future, out: tuple, timings: dict) -> None:
-    """Append a finished chunk's spikes to ``out`` and add its timings."""
-    spikes, (read_s, network_s, postprocessing_s) = future.result()
+def _add(out: tuple, timings: dict, spikes: tuple, read_s: float, network_s: float, postprocessing_s: float) -> None:
+    """Append a chunk's spikes to ``out`` (samples, segments, units, probabilities lists) and add its timings."""
     for values, part in zip(out, spikes):
         values.append(part)
     timings["read_s"] += read_s
