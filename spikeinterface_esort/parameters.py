@@ -198,8 +198,10 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("spikes_per_epoch", 20000, (int, None), "training",
               "Annotated spikes drawn as positives in each epoch: a random subset where the training part holds more "
               "(another each epoch), else every spike as many times as fits (the rest drawn at random), so that an "
-              "epoch is the same number of batches whatever the window's length and the firing rates. None: every "
-              "annotated spike once per epoch, as published.", minimum=1),
+              "epoch is the same number of batches whatever the window's length and the firing rates; each epoch's "
+              "validation loss is taken on a random quarter as many held-out spikes, drawn once (all of them where "
+              "there are fewer). None: every annotated spike once per epoch and every held-out spike, as published.",
+              minimum=1),
     Parameter("unit_balance", 1.0, (float,), "training",
               "How each epoch's positives are shared among units: each annotated spike is drawn with a probability "
               "proportional to n ** -unit_balance, n being its unit's spike count, so 0 shares them in proportion to "

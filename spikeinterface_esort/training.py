@@ -191,6 +191,25 @@ def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np
     return float(min(drift_augmentation_um, depth / 4.0))
 
 
+def adam(parameters: list, learning_rate: float) -> torch.optim.Adam:
+    """Adam over ``parameters``, in its fused form (one kernel for the whole update; ``tools.training_speed`` times
+    it against the default form, docs/speed.md) where this torch has it for their device, else the default form;
+    both compute the same update."""
+    try:
+        return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # fused Adam on CPU needs torch >= 2.4
+        return torch.optim.Adam(parameters, lr=learning_rate)
+
+
+def validation_spikes(sampler: WindowSampler, params: dict) -> int | None:
+    """Held-out spikes the validation loss is taken on each epoch: a random quarter of ``spikes_per_epoch`` (drawn
+    once), or every held-out spike where there are fewer or ``spikes_per_epoch`` is None (as published)."""
+    if params.get("spikes_per_epoch") is None:
+        return None
+    cap = max(1, params["spikes_per_epoch"] // 4)
+    return cap if len(sampler.anchor_samples) > cap else None
+
+
 def _batches(num: int, batch_size: int):
     for start in range(0, num, batch_size):
         stop = min(start + batch_size, num)
@@ -246,11 +265,12 @@ def train_networks(
         traces.append(task.traces.to(device, torch.bfloat16) if mixed_precision else task.traces.to(device))
         validation = None
         if task.validation_sampler is not None and len(task.validation_sampler.anchor_samples) > 0:
-            v_centres, v_targets = task.validation_sampler.draw(rng, 1, params["negative_ratio"])
+            v_centres, v_targets = task.validation_sampler.draw(rng, 1, params["negative_ratio"],
+                                                                validation_spikes(task.validation_sampler, params))
             validation = (torch.from_numpy(v_centres).to(device), torch.from_numpy(v_targets).to(device))
         validations.append(validation)
     parameters = {id(p): p for task in tasks for p in task.network.parameters() if p.requires_grad}
-    optimiser = torch.optim.Adam(list(parameters.values()), lr=params["learning_rate"])
+    optimiser = adam(list(parameters.values()), params["learning_rate"])
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     history = dict(train_loss=[], validation_loss=[], epoch_s=[])
