@@ -191,16 +191,6 @@ def drift_augmentation_range(drift_augmentation_um: float, channel_locations: np
     return float(min(drift_augmentation_um, depth / 4.0))
 
 
-def adam(parameters: list, learning_rate: float) -> torch.optim.Adam:
-    """Adam over ``parameters``, in its fused form (one kernel for the whole update; ``tools.training_speed`` times
-    it against the default form, docs/speed.md) where this torch has it for their device, else the default form;
-    both compute the same update."""
-    try:
-        return torch.optim.Adam(parameters, lr=learning_rate, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # fused Adam on CPU needs torch >= 2.4
-        return torch.optim.Adam(parameters, lr=learning_rate)
-
-
 def validation_spikes(sampler: WindowSampler, params: dict) -> int | None:
     """Held-out spikes the validation loss is taken on each epoch: a random quarter of ``spikes_per_epoch`` (drawn
     once), or every held-out spike where there are fewer or ``spikes_per_epoch`` is None (as published)."""
@@ -270,7 +260,7 @@ def train_networks(
             validation = (torch.from_numpy(v_centres).to(device), torch.from_numpy(v_targets).to(device))
         validations.append(validation)
     parameters = {id(p): p for task in tasks for p in task.network.parameters() if p.requires_grad}
-    optimiser = adam(list(parameters.values()), params["learning_rate"])
+    optimiser = torch.optim.Adam(list(parameters.values()), lr=params["learning_rate"])
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     history = dict(train_loss=[], validation_loss=[], epoch_s=[])

@@ -70,4 +70,4 @@ def test_training_speed_tool_times_each_form_of_the_training_step():
 
     result = measure(channels=32, batches=1, rounds=1, threads=1)
     assert set(result) == set(FORMS)
-    assert all(wall > 0 and cpu > 0 and 0 < optimiser < wall for wall, cpu, optimiser in result.values())
+    assert all(wall > 0 and cpu > 0 for wall, cpu in result.values())

@@ -6,7 +6,7 @@ import torch
 from probeinterface import generate_multi_columns_probe
 
 from spikeinterface_esort.network import gather_windows
-from spikeinterface_esort.training import DriftAugmentation, WindowSampler, adam, validation_spikes
+from spikeinterface_esort.training import DriftAugmentation, WindowSampler, validation_spikes
 
 
 def test_positive_windows_are_labelled_with_every_unit_firing_within_the_jitter():
@@ -252,22 +252,3 @@ def test_validation_loss_is_taken_on_a_quarter_of_an_epochs_spikes_or_on_every_h
     centres, targets = sampler.draw(rng, 1, 1.0, validation_spikes(sampler, dict(spikes_per_epoch=400)))
     assert (targets.sum(axis=1) > 0).sum() == 100 and len(centres) == 200
 
-
-def test_the_optimiser_is_adam_and_its_update_does_not_depend_on_its_form():
-    """``training.adam`` takes torch's fused Adam where there is one: the same update as the default form."""
-    torch.manual_seed(0)
-    weights = [torch.randn(64, 32, requires_grad=True) for _ in range(2)]
-    copies = [w.detach().clone().requires_grad_(True) for w in weights]
-    fused, plain = adam(weights, 0.005), torch.optim.Adam(copies, lr=0.005)
-    assert isinstance(fused, torch.optim.Adam)
-    if tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 4):  # fused Adam on CPU since 2.4
-        assert fused.defaults["fused"]
-    for step in range(3):
-        gradient = torch.randn(64, 32)
-        for optimiser, params in ((fused, weights), (plain, copies)):
-            optimiser.zero_grad()
-            sum((p * gradient).sum() for p in params).backward()
-            optimiser.step()
-    for a, b in zip(weights, copies):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        assert not torch.equal(a, torch.zeros_like(a))
