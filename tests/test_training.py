@@ -251,4 +251,3 @@ def test_validation_loss_is_taken_on_a_quarter_of_an_epochs_spikes_or_on_every_h
     assert validation_spikes(sampler, dict(spikes_per_epoch=None)) is None  # as published: all
     centres, targets = sampler.draw(rng, 1, 1.0, validation_spikes(sampler, dict(spikes_per_epoch=400)))
     assert (targets.sum(axis=1) > 0).sum() == 100 and len(centres) == 200
-
