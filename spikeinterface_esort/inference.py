@@ -128,6 +128,8 @@ def detect_in_recording(
         grid = grid + block_start
         mine = (grid >= chunk_start) & (grid < chunk_stop)
         samples = (samples[mine] + block_start).cpu().numpy().astype(np.int64)
+        # a time refined between grid points can fall a few samples outside the segment at its ends
+        np.clip(samples, 0, recording.get_num_samples(segment_index) - 1, out=samples)
         spikes = (samples, np.full(len(samples), segment_index, dtype=np.int64),
                   units[mine].cpu().numpy().astype(np.int64), probs[mine].cpu().numpy().astype(np.float32))
         return spikes, t1 - t0, time.perf_counter() - t1

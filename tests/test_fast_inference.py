@@ -143,6 +143,30 @@ def test_parallel_chunks_change_no_spike(small_recording, small_esort_run):
         detect_in_recording(model, preprocessed, 3000, progress_bar=False, parallel_chunks=True, filter_on_device=True)
 
 
+def test_strided_spike_times_stay_inside_the_recording(small_recording, small_esort_run):
+    """A time refined between grid points can fall outside the recording at its ends (a real np1 sort at stride 2 had
+    a spike at frame -1, which SpikeInterface's frame_slice refuses): every spike is kept inside it."""
+    from spikeinterface_esort.inference import detect_in_recording
+    from spikeinterface_esort.preprocessing import preprocess
+
+    recording, _, _ = small_recording
+    model = ESortModel.load(small_esort_run[0])
+    preprocessed = preprocess(recording, model.preprocessing)
+    low = np.full(len(model.unit_ids), 1e-4, dtype="float32")  # every local maximum is a spike, the ends' too
+    exact = detect_in_recording(model, preprocessed, 3000, progress_bar=False, thresholds=low, stride=16)
+    spikes = model.spikes
+
+    def refined_beyond_the_ends(probabilities, thresholds=None, stride=1):  # every time 200 samples too early
+        units, grid, refined, values = spikes(probabilities, thresholds, stride)
+        return units, grid, refined - 200, values
+
+    model.spikes = refined_beyond_the_ends
+    shifted = detect_in_recording(model, preprocessed, 3000, progress_bar=False, thresholds=low, stride=16)
+    assert len(shifted.sample_index) == len(exact.sample_index) > 100
+    assert exact.sample_index.min() < 200 and (shifted.sample_index == 0).any()  # some fell before the start
+    assert shifted.sample_index.min() >= 0 and shifted.sample_index.max() < recording.get_num_samples()
+
+
 def test_filtering_on_the_device_changes_no_spike(small_recording, small_esort_run):
     """On a GPU the FFT filter runs on the device (``filter_on_device``, default there); forced here on the CPU,
     it finds the spikes of the CPU filter. Other preprocessing cannot be filtered on the device."""
