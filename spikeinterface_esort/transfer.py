@@ -10,7 +10,9 @@ all channels. What transfers to a new network depends on the probe:
   layout is the same (the same contact positions up to a translation, in any channel
   order: they are reordered to the recording's channels); otherwise the BatchNorms start
   from the mean over the pretrained channels and the spatial filter is trained from
-  scratch;
+  scratch. The spatial filter also needs the same kind: dense, or local with the same
+  ``spatial_radius_um`` (a dense filter masked to a local one would keep a fraction of
+  what it learnt);
 - the head is always new, sized to the units of the annotations.
 
 Backbones ship in ``pretrained/`` (``<name>.pt``: float16 state dict; ``<name>.json``:
@@ -51,6 +53,7 @@ class Backbone:
     temporal_features: tuple[int, int]
     hidden_size: int
     card: dict
+    spatial_radius_um: float | None = None  # the local spatial filter's radius (um); None: a dense spatial filter
 
 
 def pretrained_folder() -> Path:
@@ -132,6 +135,7 @@ def load_backbone(path: str | Path) -> Backbone:
             temporal_features=tuple(network["temporal_features"]),
             hidden_size=int(network["hidden_size"]),
             card=card,
+            spatial_radius_um=None if network.get("spatial_radius_um") is None else float(network["spatial_radius_um"]),
         )
     except Exception as err:
         raise ValueError(f"esort parameter 'pretrained_weights': cannot read {weights_file} ({type(err).__name__}: {err}).") from err
@@ -148,7 +152,7 @@ def model_backbone(model) -> Backbone:
         name="the saved model", state={k: v for k, v in network.state_dict().items() if not k.startswith("head.")},
         window_samples=network.window_samples, sampling_frequency=model.sampling_frequency,
         channel_locations=model.channel_locations, temporal_features=network.temporal_features,
-        hidden_size=network.hidden_size, card={},
+        hidden_size=network.hidden_size, card={}, spatial_radius_um=network.spatial_radius_um,
     )
 
 
@@ -227,6 +231,10 @@ def _mean_norm_state(state: dict, prefix: str, channels: int) -> dict:
     return out
 
 
+def _spatial_filter_words(radius_um: float | None) -> str:
+    return "dense" if radius_um is None else f"local ({radius_um:g} um)"
+
+
 @torch.no_grad()
 def transfer_backbone(
     network: ESortNetwork, backbone: Backbone, channel_locations: np.ndarray, sampling_frequency: float
@@ -265,8 +273,12 @@ def transfer_backbone(
                 for key, value in _mean_norm_state(state, layer, network.num_channels).items():
                     getattr(module, key).copy_(value)
                 report["adapted"].append(f"{layer} (mean over the pretrained channels)")
+        same_spatial = same_shape and network.spatial_radius_um == backbone.spatial_radius_um
+        if same_shape and not same_spatial:
+            logger.info("transfer: the backbone's spatial filter is %s, the network's %s: it is trained from scratch",
+                        _spatial_filter_words(backbone.spatial_radius_um), _spatial_filter_words(network.spatial_radius_um))
         for layer in ("spatial", "spatial_norm"):
-            if same_shape:
+            if same_spatial:
                 getattr(network, layer).load_state_dict(
                     {k[len(layer) + 1 :]: v for k, v in state.items() if k.startswith(layer + ".")}
                 )
