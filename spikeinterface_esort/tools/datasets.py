@@ -50,13 +50,14 @@ def generate_dataset(
     return _save(folder, recording, sorting, spec)
 
 
-LAYOUTS = ("grid", "np1")
+LAYOUTS = ("grid", "np1", "2col")
 
 
 def make_probe(layout: str, num_channels: int):
     """An explicit probe (no download): 'grid' is 4 aligned columns (1 column under 8 channels) at 20 um
     pitch, the layout of the tests; 'np1' is Neuropixels-1.0-like: 4 staggered columns 16 um apart, rows
-    every 20 um with two contacts each (384 channels: 3.84 mm)."""
+    every 20 um with two contacts each (384 channels: 3.84 mm); '2col' is 2 aligned columns 32 um apart, rows
+    every 20 um (a layout no backbone ships for)."""
     import numpy as np
     from probeinterface import generate_multi_columns_probe
 
@@ -72,6 +73,13 @@ def make_probe(layout: str, num_channels: int):
         probe = generate_multi_columns_probe(
             num_columns=4, num_contact_per_column=num_channels // 4, xpitch=16, ypitch=40,
             y_shift_per_column=[20, 0, 20, 0], contact_shapes="square", contact_shape_params={"width": 12},
+        )
+    elif layout == "2col":
+        if num_channels % 2:
+            raise ValueError(f"the 2col layout needs an even number of channels, got {num_channels}")
+        probe = generate_multi_columns_probe(
+            num_columns=2, num_contact_per_column=num_channels // 2, xpitch=32, ypitch=20,
+            contact_shapes="square", contact_shape_params={"width": 12},
         )
     else:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
@@ -192,6 +200,70 @@ def generate_long_dataset(
     sorting = sorting.save(folder=folder / "ground_truth", overwrite=True)
     (folder / "dataset.json").write_text(json.dumps(spec, indent=2))  # written last: marks a complete dataset
     return recording, sorting
+
+
+def corpus_spec(seed: int, num_channels: int, duration_s: float = 20.0) -> dict:
+    """The generator settings of one pretraining-corpus recording, drawn from ``seed``: noise 3-15 uV, firing rates
+    from 1-3 Hz up to 8-30 Hz, 0.15-0.5 units per channel, a rigid zigzag drift of 0-20 um, and templates of
+    varied widths (repolarisation and recovery times scaled by 0.8-1.3), amplitudes and spatial decays."""
+    rng = np.random.default_rng(seed)
+    width = float(rng.uniform(0.8, 1.3))
+    return dict(
+        kind="corpus", seed=int(seed), num_channels=int(num_channels), duration_s=float(duration_s),
+        noise_level_uv=round(float(rng.uniform(3.0, 15.0)), 2),
+        firing_rates_hz=[round(float(rng.uniform(1.0, 3.0)), 2), round(float(rng.uniform(8.0, 30.0)), 2)],
+        num_units=max(2, int(round(rng.uniform(0.15, 0.5) * num_channels))),
+        drift_um=round(float(rng.uniform(0.0, 20.0)), 1),
+        drift_period_s=round(float(rng.uniform(0.5, 2.0) * duration_s), 1),
+        unit_params=dict(
+            alpha=[round(float(rng.uniform(50.0, 150.0)), 1), round(float(rng.uniform(300.0, 700.0)), 1)],
+            depolarization_ms=[round(0.09 * width, 3), round(0.14 * width, 3)],
+            repolarization_ms=[round(0.5 * width, 3), round(0.8 * width, 3)],
+            recovery_ms=[round(1.0 * width, 3), round(1.5 * width, 3)],
+            spatial_decay=[round(float(rng.uniform(8.0, 15.0)), 1), round(float(rng.uniform(30.0, 60.0)), 1)],
+        ),
+        dtype="int16", gain_uv=LONG_INT16_GAIN_UV,
+    )
+
+
+def generate_corpus_dataset(folder: str | Path, layout: str, num_channels: int, seed: int, duration_s: float = 20.0,
+                            n_jobs: int = 1) -> tuple[BaseRecording, BaseSorting, dict]:
+    """One recording of a pretraining corpus (``corpus_spec(seed, ...)``) on ``make_probe(layout, num_channels)``,
+    from ``generate_drifting_recording``, saved as int16 under ``folder``: (recording, ground truth, spec).
+    Reloaded if already there with the same spec."""
+    from spikeinterface.generation import generate_drifting_recording
+    from spikeinterface.preprocessing import astype, scale
+
+    folder = Path(folder)
+    spec = dict(corpus_spec(seed, num_channels, duration_s), layout=layout)
+    existing = _load_saved(folder, spec)
+    if existing is not None:
+        return (*existing, spec)
+    drift = spec["drift_um"]
+    motion = dict(drift_mode="zigzag", non_rigid_gradient=None, t_start_drift=0.0, t_end_drift=None,
+                  period_s=spec["drift_period_s"])
+    _, drifting, sorting = generate_drifting_recording(
+        num_units=spec["num_units"], duration=duration_s, probe=make_probe(layout, num_channels), seed=seed,
+        generate_sorting_kwargs=dict(firing_rates=tuple(spec["firing_rates_hz"]), refractory_period_ms=4.0),
+        generate_noise_kwargs=dict(noise_levels=(spec["noise_level_uv"],) * 2, spatial_decay=25.0),
+        generate_templates_kwargs=dict(
+            ms_before=1.5, ms_after=3.0, mode="ellipsoid",
+            unit_params=dict({k: tuple(v) for k, v in spec["unit_params"].items()}, ellipse_shrink=(0.4, 1.0),
+                             ellipse_angle=(0.0, 2 * np.pi)),
+        ),
+        generate_displacement_vector_kwargs=dict(
+            displacement_sampling_frequency=5.0, drift_start_um=[0, drift], drift_stop_um=[0, -drift],
+            drift_step_um=1, motion_list=[motion],
+        ),
+    )
+    as_int16 = astype(scale(drifting, gain=1.0 / LONG_INT16_GAIN_UV), "int16", round=True)
+    as_int16.set_channel_gains(LONG_INT16_GAIN_UV)
+    as_int16.set_channel_offsets(0.0)
+    recording = as_int16.save(folder=folder / "recording", overwrite=True, n_jobs=n_jobs, pool_engine="thread",
+                              chunk_duration="1s", progress_bar=False)
+    sorting = sorting.save(folder=folder / "ground_truth", overwrite=True)
+    (folder / "dataset.json").write_text(json.dumps(spec, indent=2))  # written last: marks a complete dataset
+    return recording, sorting, spec
 
 
 def _load_saved(folder: Path, spec: dict) -> tuple[BaseRecording, BaseSorting] | None:
