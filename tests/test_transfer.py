@@ -196,6 +196,8 @@ def test_pretraining_on_a_corpus_writes_a_backbone_that_a_default_run_transfers_
     from spikeinterface_esort.tools.datasets import corpus_spec
     from spikeinterface_esort.tools.pretrain import main
 
+    with pytest.raises(SystemExit):  # argparse's error: a radius must be a positive number, 'none' or 'default'
+        main(["--layout", "grid", "--channels", "16", "--corpus", "2", "--spatial-radius-um", "wide"])
     assert main(["--layout", "grid", "--channels", "16", "--corpus", "2", "--seeds", "1", "--duration", "8",
                  "--epochs", "2", "--test-recordings", "1", "--test-duration", "10", "--name", "tiny",
                  "--out", str(tmp_path / "out"), "--work-folder", str(tmp_path / "work")]) in (0, None)

@@ -11,9 +11,10 @@ the same held-out part, after the longest window, with ``compare_sorter_to_groun
     python -m spikeinterface_esort.tools.annotation_curve --folder esort_annotation_curve --out docs
 
 writes ``<out>/annotation_curve.csv``, ``annotation_curve.md`` (tables, annotation reduction) and
-``annotation_curve.png``; ``--from-csv`` writes them again from earlier runs' csv files (several: one table set). Annotation reduction = 1 - W* / (longest window), W* the window (linear interpolation) at
-which a pretrained start first reaches scratch's accuracy at the longest window minus 0.005; the table also gives the
-window at which scratch itself first gets there (where that is short, the curve leaves no room for a saving).
+``annotation_curve.png``; ``--from-csv`` writes them again from earlier runs' csv files (several: one table set).
+Annotation reduction = 1 - W* / (longest window), W* the window (linear interpolation) at which a pretrained start
+first reaches scratch's accuracy at the longest window minus 0.005; the table also gives the window at which scratch
+itself first gets there (where that is short, the curve leaves no room for a saving).
 """
 
 from __future__ import annotations

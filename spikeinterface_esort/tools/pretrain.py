@@ -3,10 +3,10 @@
 One backbone is trained on several ground-truth recordings of one probe layout: a
 *corpus* (``--corpus N``: N recordings from ``generate_drifting_recording``, each with its
 own noise, firing rates, unit density, drift and template shapes, ``datasets.corpus_spec``),
-or recordings from ``generate_ground_truth_recording`` that differ only in seed and noise
-(``--seeds``, the first shipped backbones). The network is esort's default one (its
-``spatial_radius_um`` too), so that every backbone layer transfers to a default run. Every recording has its
-own head (its own units) on the shared backbone; batches of all recordings alternate.
+or, with ``--seeds`` alone, recordings from ``generate_ground_truth_recording`` that differ
+only in seed and noise. The network is esort's default one (its ``spatial_radius_um`` too),
+so that every backbone layer transfers to a default run. Every recording has its own head
+(its own units) on the shared backbone; batches of all recordings alternate.
 The last ``validation_fraction`` of each recording is held out: its loss stops training
 early, and the card reports each recording's held-out accuracy (threshold 0.5, no
 threshold chosen on scored data) with SpikeInterface's ``compare_sorter_to_ground_truth``.
@@ -300,6 +300,19 @@ Mean held-out accuracy: {val['mean_accuracy']:.3f}.
 """
 
 
+def _radius(text: str) -> float | None | str:
+    """``--spatial-radius-um``: 'default', 'none' (a dense filter) or a positive number of um."""
+    if text in ("default", "none"):
+        return None if text == "none" else text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a radius in um (> 0), 'none' or 'default', got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m spikeinterface_esort.tools.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--layout", choices=LAYOUTS, default="grid")
@@ -314,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test-duration", type=float, default=40.0, help="s per test recording")
     parser.add_argument("--spikes-per-epoch", type=int, default=None,
                         help="spikes of each recording drawn per epoch (default: every spike)")
-    parser.add_argument("--spatial-radius-um", default="default",
+    parser.add_argument("--spatial-radius-um", type=_radius, default="default",
                         help="the network's local spatial filter radius (um), 'none' for a dense one; default: esort's")
     parser.add_argument("--units", type=int, default=16)
     parser.add_argument("--duration", type=float, default=60.0, help="s per recording")
@@ -326,13 +339,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     command = "python -m spikeinterface_esort.tools.pretrain " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     with torch_threads(os.cpu_count() or 1):
-        radius = args.spatial_radius_um
-        radius = None if radius == "none" else radius if radius == "default" else float(radius)
         seeds = list(range(args.seeds[0], args.seeds[0] + args.corpus)) if args.corpus else args.seeds
         test_seeds = tuple(range(seeds[-1] + 1, seeds[-1] + 1 + args.test_recordings))
         card = pretrain(args.layout, args.channels, args.out, args.work_folder, seeds, args.noise, args.units,
                         args.duration, args.epochs, args.name, command, corpus=bool(args.corpus),
-                        spikes_per_epoch=args.spikes_per_epoch, spatial_radius_um=radius, test_seeds=test_seeds,
+                        spikes_per_epoch=args.spikes_per_epoch, spatial_radius_um=args.spatial_radius_um, test_seeds=test_seeds,
                         test_duration_s=args.test_duration)
     print(f"wrote {Path(args.out) / card['name']}.pt ({card['file_bytes'] / 1e6:.2f} MB), mean held-out accuracy "
           f"{card['validation']['mean_accuracy']:.3f}, {card['wall_time_s']:g} s")
