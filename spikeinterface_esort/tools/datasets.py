@@ -172,7 +172,6 @@ def generate_long_dataset(
     of 4 durations, which is a linear ramp over its first quarter). Reloaded if already there with the same
     arguments."""
     from spikeinterface.generation import generate_drifting_recording
-    from spikeinterface.preprocessing import astype, scale
 
     folder = Path(folder)
     spec = dict(kind="long", duration_s=duration_s, num_units=num_units, num_channels=num_channels,
@@ -192,14 +191,7 @@ def generate_long_dataset(
             drift_step_um=1, motion_list=[motion],
         ),
     )
-    as_int16 = astype(scale(drifting, gain=1.0 / LONG_INT16_GAIN_UV), "int16", round=True)
-    as_int16.set_channel_gains(LONG_INT16_GAIN_UV)
-    as_int16.set_channel_offsets(0.0)
-    recording = as_int16.save(folder=folder / "recording", overwrite=True, n_jobs=n_jobs, pool_engine="thread",
-                              chunk_duration="1s", progress_bar=progress_bar)
-    sorting = sorting.save(folder=folder / "ground_truth", overwrite=True)
-    (folder / "dataset.json").write_text(json.dumps(spec, indent=2))  # written last: marks a complete dataset
-    return recording, sorting
+    return _save_int16(folder, drifting, sorting, spec, n_jobs, progress_bar)
 
 
 def corpus_spec(seed: int, num_channels: int, duration_s: float = 20.0) -> dict:
@@ -232,7 +224,6 @@ def generate_corpus_dataset(folder: str | Path, layout: str, num_channels: int, 
     from ``generate_drifting_recording``, saved as int16 under ``folder``: (recording, ground truth, spec).
     Reloaded if already there with the same spec."""
     from spikeinterface.generation import generate_drifting_recording
-    from spikeinterface.preprocessing import astype, scale
 
     folder = Path(folder)
     spec = dict(corpus_spec(seed, num_channels, duration_s), layout=layout)
@@ -256,14 +247,7 @@ def generate_corpus_dataset(folder: str | Path, layout: str, num_channels: int, 
             drift_step_um=1, motion_list=[motion],
         ),
     )
-    as_int16 = astype(scale(drifting, gain=1.0 / LONG_INT16_GAIN_UV), "int16", round=True)
-    as_int16.set_channel_gains(LONG_INT16_GAIN_UV)
-    as_int16.set_channel_offsets(0.0)
-    recording = as_int16.save(folder=folder / "recording", overwrite=True, n_jobs=n_jobs, pool_engine="thread",
-                              chunk_duration="1s", progress_bar=False)
-    sorting = sorting.save(folder=folder / "ground_truth", overwrite=True)
-    (folder / "dataset.json").write_text(json.dumps(spec, indent=2))  # written last: marks a complete dataset
-    return recording, sorting, spec
+    return (*_save_int16(folder, drifting, sorting, spec, n_jobs, progress_bar=False), spec)
 
 
 def _load_saved(folder: Path, spec: dict) -> tuple[BaseRecording, BaseSorting] | None:
@@ -272,6 +256,22 @@ def _load_saved(folder: Path, spec: dict) -> tuple[BaseRecording, BaseSorting] |
     if spec_file.is_file() and json.loads(spec_file.read_text()) == spec:
         return load(folder / "recording"), load(folder / "ground_truth")
     return None
+
+
+def _save_int16(folder: Path, recording: BaseRecording, sorting: BaseSorting, spec: dict, n_jobs: int,
+                progress_bar: bool) -> tuple[BaseRecording, BaseSorting]:
+    """``_save`` for a recording in uV stored as int16 (``LONG_INT16_GAIN_UV`` uV per bit, gains set so that
+    ``return_in_uV`` reads uV back), saved in 1 s chunks by ``n_jobs`` threads."""
+    from spikeinterface.preprocessing import astype, scale
+
+    as_int16 = astype(scale(recording, gain=1.0 / LONG_INT16_GAIN_UV), "int16", round=True)
+    as_int16.set_channel_gains(LONG_INT16_GAIN_UV)
+    as_int16.set_channel_offsets(0.0)
+    recording = as_int16.save(folder=folder / "recording", overwrite=True, n_jobs=n_jobs, pool_engine="thread",
+                              chunk_duration="1s", progress_bar=progress_bar)
+    sorting = sorting.save(folder=folder / "ground_truth", overwrite=True)
+    (folder / "dataset.json").write_text(json.dumps(spec, indent=2))  # written last: marks a complete dataset
+    return recording, sorting
 
 
 def _save(folder: Path, recording: BaseRecording, sorting: BaseSorting, spec: dict) -> tuple[BaseRecording, BaseSorting]:
