@@ -158,8 +158,22 @@ class ESortNetwork(nn.Module):
         x = GatheredFirstFilter.apply(traces, centres, self.temporal1.weight[:, 0, :])  # (f1, B*C)
         return self._after_first_filter(x, len(centres), channel_mixing)
 
+    def features_centres(self, traces: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """Hidden features (batch, hidden_size) of the windows of (samples, channels) ``traces`` centred at
+        ``centres``: what the head of ``forward_centres`` reads."""
+        if traces.shape[1] != self.num_channels:
+            raise ValueError(f"ESortNetwork expects {self.num_channels} channels, got {traces.shape[1]}.")
+        x = GatheredFirstFilter.apply(traces, centres, self.temporal1.weight[:, 0, :])  # (f1, B*C)
+        return self._features_after_first_filter(x, len(centres), None)
+
     def _after_first_filter(self, x: torch.Tensor, batch: int, channel_mixing) -> torch.Tensor:
         """``forward_windows`` from the first temporal filter's product (f1, batch * channels), before its bias."""
+        x = self._features_after_first_filter(x, batch, channel_mixing)
+        return F.linear(x, self.head.weight[:, :, 0], self.head.bias)
+
+    def _features_after_first_filter(self, x: torch.Tensor, batch: int, channel_mixing) -> torch.Tensor:
+        """The hidden features (batch, hidden_size) from the first temporal filter's product (f1, batch * channels),
+        before its bias."""
         f1, f2 = self.temporal_features
         channels = self.num_channels
         if isinstance(channel_mixing, ChannelMixing):  # (f1*B, C) x (C, C), in blocks along the probe
@@ -177,8 +191,7 @@ class ESortNetwork(nn.Module):
             x = LocalSpatialProduct.apply(x, self.spatial_weight(), self.spatial.bias, order, hidden, groups)
         else:
             x = F.linear(x, self.spatial_weight(), self.spatial.bias)
-        x = torch.relu(self.spatial_norm(x))
-        return F.linear(x, self.head.weight[:, :, 0], self.head.bias)
+        return torch.relu(self.spatial_norm(x))
 
     def local_groups(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
         """The local filter's channel order, hidden order and groups (``local_spatial_groups``), cached until the

@@ -179,6 +179,11 @@ PARAMETERS: tuple[Parameter, ...] = (
               "temporal filters), 'backbone' (all but the new head) or 'auto' ('backbone' for few-shot training, "
               "annotated_spikes_per_unit set, when the whole backbone was transferred; else 'none'; "
               "docs/transfer-learning.md).", choices=("auto", "none", "temporal", "backbone")),
+    Parameter("head_init", "auto", (str,), "training",
+              "How the head (one output per unit, always new) starts: 'imprint' (each unit's weights from the mean "
+              "backbone features of its annotated windows against the other windows'), 'random', or 'auto' "
+              "('imprint' when the whole backbone was transferred from pretrained_weights, else 'random'; "
+              "docs/transfer-learning.md).", choices=("auto", "imprint", "random")),
     Parameter("self_training_rounds", 0, (int,), "training",
               "Self-training: after training, the network sorts the training part of the window; its confident "
               "detections (at or above the unit's threshold, and >= 0.5) that the annotations miss become positives, annotated spikes it "

@@ -217,6 +217,49 @@ class TrainingTask:
     validation_sampler: WindowSampler | None = None
 
 
+IMPRINT_SPIKES = 10000  # annotated spikes whose windows imprint the head (all of them where there are fewer)
+IMPRINT_LOGIT = 4.0  # the imprinted head's logit at a unit's mean feature vector (minus that at the rest's mean)
+
+
+def imprint_head(network: ESortNetwork, traces: torch.Tensor, sampler: WindowSampler, params: dict,
+                 device: torch.device) -> int:
+    """Set each unit's head weights from the backbone's features of its annotated windows (weight imprinting): with
+    mu_u the mean hidden features of windows labelled u and mu_rest that of every other window (both drawn as training
+    draws them, batch norms on batch statistics), the unit's logit is the projection on mu_u - mu_rest, +IMPRINT_LOGIT
+    at mu_u and -IMPRINT_LOGIT at mu_rest. A pretrained backbone's features already separate units, so the head starts
+    where training from a random head arrives after several epochs. The batch norms' running statistics are left as
+    they were. Returns the number of units imprinted (units without a window keep their random weights)."""
+    rng = np.random.default_rng(params["seed"] + 1)
+    num_spikes = min(IMPRINT_SPIKES, max(len(sampler.anchor_samples), 1))
+    centres, targets = sampler.draw(rng, 1, params["negative_ratio"], num_spikes, params.get("unit_balance", 0.0))
+    if len(centres) == 0:
+        return 0
+    buffers = {name: b.clone() for name, b in network.named_buffers()}
+    hidden, units = network.hidden_size, network.num_units
+    unit_sums = torch.zeros(units, hidden, dtype=torch.float64, device=device)
+    total = torch.zeros(hidden, dtype=torch.float64, device=device)
+    network.to(device).train()
+    traces = traces.to(device)
+    with torch.no_grad():
+        for a, b in _batches(len(centres), params["batch_size"]):
+            features = network.features_centres(traces, torch.from_numpy(centres[a:b]).to(device)).double()
+            labels = torch.from_numpy(targets[a:b]).to(device).double()
+            unit_sums += labels.T @ features
+            total += features.sum(0)
+        counts = torch.from_numpy(targets.sum(0)).to(device).double()
+        mean_unit = unit_sums / counts.clamp(min=1)[:, None]
+        mean_rest = (total[None, :] - unit_sums) / (len(centres) - counts).clamp(min=1)[:, None]
+        difference = mean_unit - mean_rest
+        weight = 2 * IMPRINT_LOGIT * difference / (difference ** 2).sum(1, keepdim=True).clamp(min=1e-12)
+        bias = -(weight * (mean_unit + mean_rest) / 2).sum(1)
+        imprinted = (counts > 0) & ((difference ** 2).sum(1) > 1e-12)
+        network.head.weight[imprinted, :, 0] = weight[imprinted].to(network.head.weight.dtype)
+        network.head.bias[imprinted] = bias[imprinted].to(network.head.bias.dtype)
+        for name, b in network.named_buffers():
+            b.copy_(buffers[name])
+    return int(imprinted.sum())
+
+
 def train_network(
     network: ESortNetwork,
     traces: torch.Tensor,
@@ -379,7 +422,7 @@ def fit_network(
 ) -> tuple[ESortNetwork, dict]:
     """A new network for the traces' channels and the annotated units, initialised from ``seed`` (and from
     ``backbone`` where its layers transfer, see ``transfer``), with ``freeze_layers`` frozen, and trained."""
-    from .transfer import freeze_layers, resolve_freeze, transfer_backbone
+    from .transfer import freeze_layers, imprints_head, resolve_freeze, transfer_backbone
 
     torch.manual_seed(params["seed"])
     network = ESortNetwork(
@@ -411,6 +454,11 @@ def fit_network(
         len(train_sampler.anchor_samples), annotations.num_units, held_out,
         "" if k is None else f" (first {k} per unit)", window_samples, jitter,
     )
+    imprinted = imprints_head(params["head_init"], transfer)
+    if imprinted:
+        units = imprint_head(network, traces, train_sampler, params, device)
+        logger.info("training: head imprinted from the backbone's features of %d of %d units' annotated windows",
+                    units, annotations.num_units)
     augmentation = None
     max_shift = drift_augmentation_range(params["drift_augmentation_um"], channel_locations)
     if max_shift >= 1.0:
@@ -423,4 +471,5 @@ def fit_network(
         p.requires_grad_(True)
     history["transfer"] = transfer
     history["frozen_layers"] = frozen
+    history["head_imprinted"] = imprinted
     return network, history

@@ -38,6 +38,7 @@ logger = logging.getLogger("spikeinterface_esort")
 TEMPORAL_LAYERS = ("temporal1", "temporal2")
 CHANNEL_LAYERS = ("temporal1_norm", "temporal2_norm", "spatial", "spatial_norm")
 FREEZE_CHOICES = ("auto", "none", "temporal", "backbone")
+HEAD_INIT_CHOICES = ("auto", "imprint", "random")
 LAYOUT_TOLERANCE_UM = 0.5
 
 
@@ -301,6 +302,16 @@ def resolve_freeze(freeze: str, transfer: dict | None, few_shot: bool) -> str:
         return freeze
     whole = transfer is not None and set(transfer["transferred"]) >= {*TEMPORAL_LAYERS, *CHANNEL_LAYERS}
     return "backbone" if few_shot and whole else "none"
+
+
+def imprints_head(head_init: str, transfer: dict | None) -> bool:
+    """Whether the head starts imprinted (``training.imprint_head``): ``head_init`` 'imprint', or 'auto' when every
+    backbone layer was transferred (a shipped backbone of the recording's layout, or a saved model)."""
+    if head_init not in HEAD_INIT_CHOICES:
+        raise ValueError(f"esort parameter 'head_init' must be one of {HEAD_INIT_CHOICES}, got {head_init!r}.")
+    if head_init != "auto":
+        return head_init == "imprint"
+    return transfer is not None and set(transfer["transferred"]) >= {*TEMPORAL_LAYERS, *CHANNEL_LAYERS}
 
 
 def freeze_layers(network: ESortNetwork, freeze: str) -> list[str]:

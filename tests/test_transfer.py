@@ -187,6 +187,9 @@ def test_annotation_curve_reads_the_window_a_pretrained_start_needs(tmp_path):
     main(["--from-csv", str(tmp_path / "earlier.csv"), "--out", str(tmp_path / "out")])
     assert text in (tmp_path / "out" / "annotation_curve.md").read_text()
     assert (tmp_path / "out" / "annotation_curve.png").stat().st_size > 0
+    # --set passes esort parameters to every arm (how the curve's earlier figures are reproduced), checked by name
+    with pytest.raises(SystemExit):
+        main(["--set", "head_init=random,epoch=6", "--out", str(tmp_path / "bad")])
 
 
 def test_pretraining_on_a_corpus_writes_a_backbone_that_a_default_run_transfers_whole(tmp_path):
@@ -246,3 +249,35 @@ def test_a_spatial_filter_transfers_only_to_a_network_of_the_same_kind():
     torch.testing.assert_close(network.spatial.weight, backbones[40.0].state["spatial.weight"])
     model = ESortModel(network, 30000.0, np.arange(32), locations, np.ones(32), np.arange(3), 5)
     assert model_backbone(model).spatial_radius_um == 40.0  # a saved model is a backbone of its own kind
+
+
+def test_a_head_imprinted_on_the_shipped_backbone_sorts_after_one_epoch(ground_truth_recording, tmp_path):
+    """From a whole shipped backbone the head starts from the backbone's features of each unit's annotated windows:
+    after one short epoch (two batches) it already sorts the held-out half, where a random head has barely started."""
+    from spikeinterface_esort.tools.datasets import held_out_performance
+
+    recording, ground_truth, gt_folder = ground_truth_recording
+    half = recording.get_num_samples() // 2
+    accuracy = {}
+    for head_init in ("auto", "random"):
+        folder = tmp_path / head_init
+        sorting = si.run_sorter("esort", recording, folder=folder, annotation_sorting_path=str(gt_folder),
+                                train_duration_s=20.0, pretrained_weights="grid-32ch-30khz", epochs=1, spikes_per_epoch=512,
+                                head_init=head_init)
+        accuracy[head_init] = held_out_performance(sorting, ground_truth, half)["accuracy"].mean()
+        log = (folder / "sorter_output" / "esort.log").read_text()
+        assert ("training: head imprinted from the backbone's features of 10 of 10 units" in log) == (head_init == "auto")
+    assert accuracy["auto"] >= 0.65 and accuracy["auto"] >= accuracy["random"] + 0.2, accuracy  # measured 0.750, 0.367
+
+
+def test_head_init_auto_imprints_only_on_a_whole_backbone(small_recording, tmp_path):
+    """On another probe only the temporal filters transfer: the spatial stage is new, so its features say nothing of
+    the units yet, and 'auto' leaves the head random; a bad head_init is refused before any work."""
+    recording, _, gt_folder = small_recording
+    si.run_sorter("esort", recording, folder=tmp_path / "other", annotation_sorting_path=str(gt_folder),
+                  train_duration_s=8.0, epochs=1, pretrained_weights="auto")
+    log = (tmp_path / "other" / "sorter_output" / "esort.log").read_text()
+    assert "transferred ['temporal1', 'temporal2']" in log and "head imprinted" not in log
+    with pytest.raises(ValueError, match="head_init"):
+        si.run_sorter("esort", recording, folder=tmp_path / "bad", annotation_sorting_path=str(gt_folder),
+                      head_init="mean")
