@@ -23,12 +23,14 @@ import numpy as np
 import pandas as pd
 
 from .datasets import generate_dataset, sort_and_score
+from .settings_study import candidate_params
 
 ALL = 10**9
 
 
 def run(folder: Path, backbone: str, ks: list, seeds: list[int], channels: int, units: int, duration_s: float,
-        recording_seed: int, windows_per_spike: int, epochs: int) -> pd.DataFrame:
+        recording_seed: int, windows_per_spike: int, epochs: int, extra_params: dict | None = None) -> pd.DataFrame:
+    """Every k, seed and start; ``extra_params`` (esort parameters) apply to every run."""
     import spikeinterface_esort  # noqa: F401  (registers esort)
 
     recording, ground_truth = generate_dataset(folder / "target", channels, units, duration_s, seed=recording_seed)
@@ -38,7 +40,7 @@ def run(folder: Path, backbone: str, ks: list, seeds: list[int], channels: int, 
         for seed in seeds:
             for init in ("scratch", "pretrained"):
                 params = dict(
-                    annotation_sorting_path=str(folder / "target" / "ground_truth"), train_duration_s=duration_s / 2,
+                    extra_params or {}, annotation_sorting_path=str(folder / "target" / "ground_truth"), train_duration_s=duration_s / 2,
                     annotated_spikes_per_unit=ALL if k == "all" else int(k), min_spikes_per_unit=1,
                     pretrained_weights=None if init == "scratch" else backbone, seed=seed,
                     windows_per_spike=windows_per_spike, epochs=epochs,
@@ -121,8 +123,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recording-seed", type=int, default=900)
     parser.add_argument("--windows-per-spike", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--set", default="", metavar="NAME=VALUE,...",
+                        help="esort parameters for every run, e.g. 'head_init=random' (values read as JSON)")
     parser.add_argument("--from-csv", action="store_true", help="rebuild the table and plot from <out>/fewshot.csv")
     args = parser.parse_args(argv)
+    try:
+        extra_params = candidate_params(args.set) if args.set else {}
+    except ValueError as error:
+        parser.error(str(error))
     command = "python -m spikeinterface_esort.tools.fewshot " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     ks = [k if k == "all" else int(k) for k in args.k]
     out = Path(args.out)
@@ -131,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         command = (out / "fewshot.md").read_text().splitlines()[0].removeprefix("Command: `").removesuffix("`")
     else:
         results = run(Path(args.folder), args.backbone, ks, args.seeds, args.channels, args.units, args.duration,
-                      args.recording_seed, args.windows_per_spike, args.epochs)
+                      args.recording_seed, args.windows_per_spike, args.epochs, extra_params)
         out.mkdir(parents=True, exist_ok=True)
         results.to_csv(out / "fewshot.csv", index=False)
     table, stats = summary_table(results, ks)
