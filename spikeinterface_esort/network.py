@@ -153,18 +153,16 @@ class ESortNetwork(nn.Module):
         ``forward_windows(gather_windows(traces, centres, ...), channel_mixing)``, with the windows gathered and
         filtered by the first temporal filter a few at a time (``GatheredFirstFilter``) instead of copied whole
         (at 384 channels a batch of 1024 windows is 94 MB in float32)."""
-        if traces.shape[1] != self.num_channels:
-            raise ValueError(f"ESortNetwork expects {self.num_channels} channels, got {traces.shape[1]}.")
-        x = GatheredFirstFilter.apply(traces, centres, self.temporal1.weight[:, 0, :])  # (f1, B*C)
-        return self._after_first_filter(x, len(centres), channel_mixing)
+        return F.linear(self.features_centres(traces, centres, channel_mixing), self.head.weight[:, :, 0], self.head.bias)
 
-    def features_centres(self, traces: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    def features_centres(self, traces: torch.Tensor, centres: torch.Tensor,
+                         channel_mixing: "torch.Tensor | ChannelMixing | None" = None) -> torch.Tensor:
         """Hidden features (batch, hidden_size) of the windows of (samples, channels) ``traces`` centred at
         ``centres``: what the head of ``forward_centres`` reads."""
         if traces.shape[1] != self.num_channels:
             raise ValueError(f"ESortNetwork expects {self.num_channels} channels, got {traces.shape[1]}.")
         x = GatheredFirstFilter.apply(traces, centres, self.temporal1.weight[:, 0, :])  # (f1, B*C)
-        return self._features_after_first_filter(x, len(centres), None)
+        return self._features_after_first_filter(x, len(centres), channel_mixing)
 
     def _after_first_filter(self, x: torch.Tensor, batch: int, channel_mixing) -> torch.Tensor:
         """``forward_windows`` from the first temporal filter's product (f1, batch * channels), before its bias."""

@@ -300,8 +300,13 @@ def resolve_freeze(freeze: str, transfer: dict | None, few_shot: bool) -> str:
     scratch or adapted), else 'none'."""
     if freeze != "auto":
         return freeze
-    whole = transfer is not None and set(transfer["transferred"]) >= {*TEMPORAL_LAYERS, *CHANNEL_LAYERS}
-    return "backbone" if few_shot and whole else "none"
+    return "backbone" if few_shot and transferred_whole(transfer) else "none"
+
+
+def transferred_whole(transfer: dict | None) -> bool:
+    """Whether ``transfer_backbone``'s report has every backbone layer transferred (none trained from scratch or
+    adapted): a backbone of the recording's layout and network."""
+    return transfer is not None and set(transfer["transferred"]) >= {*TEMPORAL_LAYERS, *CHANNEL_LAYERS}
 
 
 def imprints_head(head_init: str, transfer: dict | None) -> bool:
@@ -311,7 +316,7 @@ def imprints_head(head_init: str, transfer: dict | None) -> bool:
         raise ValueError(f"esort parameter 'head_init' must be one of {HEAD_INIT_CHOICES}, got {head_init!r}.")
     if head_init != "auto":
         return head_init == "imprint"
-    return transfer is not None and set(transfer["transferred"]) >= {*TEMPORAL_LAYERS, *CHANNEL_LAYERS}
+    return transferred_whole(transfer)
 
 
 def freeze_layers(network: ESortNetwork, freeze: str) -> list[str]:
