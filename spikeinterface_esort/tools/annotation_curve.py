@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from .datasets import generate_corpus_dataset, sort_and_score
-from .settings_study import candidate_params
+from .settings_study import params_argument
 
 ARMS = ("scratch", "fine-tuned", "frozen")
 TOLERANCE = 0.005
@@ -178,15 +178,11 @@ def main(argv: list[str] | None = None) -> None:
                                                                      "held out)")
     parser.add_argument("--recording-seed", type=int, default=2000, help="the first layout's corpus seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
-    parser.add_argument("--set", default="", metavar="NAME=VALUE,...",
+    parser.add_argument("--set", type=params_argument, default={}, metavar="NAME=VALUE,...",
                         help="esort parameters for every arm, e.g. 'head_init=random,epochs=6' (values read as JSON)")
     parser.add_argument("--from-csv", nargs="+", type=Path, default=None, metavar="CSV",
                         help="sort nothing: write the tables and plot of earlier runs' annotation_curve.csv files")
     args = parser.parse_args(argv)
-    try:
-        extra_params = candidate_params(args.set) if args.set else {}
-    except ValueError as error:
-        parser.error(str(error))
     if args.duration <= max(args.windows):
         parser.error("--duration must exceed the longest window: what follows it is held out")
     folder, out = Path(args.folder), Path(args.out)
@@ -195,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         results = pd.concat([pd.read_csv(path) for path in args.from_csv], ignore_index=True)
     else:
         results = run(folder, args.layouts, sorted(args.windows), args.labels, args.duration, args.recording_seed,
-                      args.seeds, extra_params)
+                      args.seeds, args.set)
     results.to_csv(out / "annotation_curve.csv", index=False)
     command = "python -m spikeinterface_esort.tools.annotation_curve " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

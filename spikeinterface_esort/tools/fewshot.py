@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .datasets import generate_dataset, sort_and_score
-from .settings_study import candidate_params
+from .settings_study import params_argument
 
 ALL = 10**9
 
@@ -123,14 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recording-seed", type=int, default=900)
     parser.add_argument("--windows-per-spike", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--set", default="", metavar="NAME=VALUE,...",
+    parser.add_argument("--set", type=params_argument, default={}, metavar="NAME=VALUE,...",
                         help="esort parameters for every run, e.g. 'head_init=random' (values read as JSON)")
     parser.add_argument("--from-csv", action="store_true", help="rebuild the table and plot from <out>/fewshot.csv")
     args = parser.parse_args(argv)
-    try:
-        extra_params = candidate_params(args.set) if args.set else {}
-    except ValueError as error:
-        parser.error(str(error))
     command = "python -m spikeinterface_esort.tools.fewshot " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     ks = [k if k == "all" else int(k) for k in args.k]
     out = Path(args.out)
@@ -139,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         command = (out / "fewshot.md").read_text().splitlines()[0].removeprefix("Command: `").removesuffix("`")
     else:
         results = run(Path(args.folder), args.backbone, ks, args.seeds, args.channels, args.units, args.duration,
-                      args.recording_seed, args.windows_per_spike, args.epochs, extra_params)
+                      args.recording_seed, args.windows_per_spike, args.epochs, args.set)
         out.mkdir(parents=True, exist_ok=True)
         results.to_csv(out / "fewshot.csv", index=False)
     table, stats = summary_table(results, ks)

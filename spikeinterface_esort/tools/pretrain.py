@@ -47,7 +47,7 @@ from ..output import make_sorting
 from ..postprocessing import smoothing_taps
 from ..preprocessing import estimate_noise_levels, preprocess
 from ..training import DriftAugmentation, TrainingTask, WindowSampler, drift_augmentation_range, load_traces, train_networks
-from ..transfer import backbone_state
+from ..transfer import CHANNEL_LAYERS, TEMPORAL_LAYERS, backbone_state
 
 logger = logging.getLogger("spikeinterface_esort")
 
@@ -127,7 +127,7 @@ def pretrain(
         net = ESortNetwork(channels, window, len(d["unit_ids"]), tuple(params["temporal_features"]), params["hidden_size"],
                            params["spatial_radius_um"])
         if networks:  # share the backbone of the first network; keep this recording's head
-            for layer in ("temporal1", "temporal1_norm", "temporal2", "temporal2_norm", "spatial", "spatial_norm"):
+            for layer in (*TEMPORAL_LAYERS, *CHANNEL_LAYERS):
                 setattr(net, layer, getattr(networks[0], layer))
         net.set_channel_locations(locations)  # each network masks the shared spatial filter alike
         networks.append(net.to(device))

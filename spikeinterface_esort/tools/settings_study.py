@@ -55,6 +55,15 @@ def candidate_params(candidate: str) -> dict:
     return params
 
 
+def params_argument(text: str) -> dict:
+    """argparse type of a ``--set name=value,...`` option: ``candidate_params(text)``, refused by argparse (a usage
+    error naming the parameter) when a name is not an esort parameter."""
+    try:
+        return candidate_params(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def _top_level_split(text: str) -> list[str]:
     """``text`` split at the commas that are outside brackets and braces."""
     parts, depth, start = [], 0, 0
