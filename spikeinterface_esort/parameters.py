@@ -15,6 +15,8 @@ from typing import Any
 INFERENCE_DTYPES = ("float32", "bfloat16", "float16", "auto")  # float16: CUDA only; auto: device.resolve_dtype
 TRAINING_DTYPES = ("float32", "bfloat16", "auto")
 FILTER_METHODS = ("fft", "sosfiltfilt")
+FREEZE_CHOICES = ("auto", "none", "temporal", "backbone")  # resolved by transfer.resolve_freeze
+HEAD_INIT_CHOICES = ("auto", "imprint", "random")  # resolved by transfer.imprints_head
 
 STEPS = ("preprocessing", "annotation", "network", "training", "inference", "postprocessing", "general")
 
@@ -178,12 +180,12 @@ PARAMETERS: tuple[Parameter, ...] = (
               "Layers not updated while training from pretrained_weights: 'none', 'temporal' (the two "
               "temporal filters), 'backbone' (all but the new head) or 'auto' ('backbone' for few-shot training, "
               "annotated_spikes_per_unit set, when the whole backbone was transferred; else 'none'; "
-              "docs/transfer-learning.md).", choices=("auto", "none", "temporal", "backbone")),
+              "docs/transfer-learning.md).", choices=FREEZE_CHOICES),
     Parameter("head_init", "auto", (str,), "training",
               "How the head (one output per unit, always new) starts: 'imprint' (each unit's weights from the mean "
               "backbone features of its annotated windows against the other windows'), 'random', or 'auto' "
               "('imprint' when the whole backbone was transferred from pretrained_weights, else 'random'; "
-              "docs/transfer-learning.md).", choices=("auto", "imprint", "random")),
+              "docs/transfer-learning.md).", choices=HEAD_INIT_CHOICES),
     Parameter("self_training_rounds", 0, (int,), "training",
               "Self-training: after training, the network sorts the training part of the window; its confident "
               "detections (at or above the unit's threshold, and >= 0.5) that the annotations miss become positives, annotated spikes it "

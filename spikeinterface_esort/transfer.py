@@ -32,13 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from .network import ESortNetwork
+from .parameters import FREEZE_CHOICES, HEAD_INIT_CHOICES
 
 logger = logging.getLogger("spikeinterface_esort")
 
 TEMPORAL_LAYERS = ("temporal1", "temporal2")
 CHANNEL_LAYERS = ("temporal1_norm", "temporal2_norm", "spatial", "spatial_norm")
-FREEZE_CHOICES = ("auto", "none", "temporal", "backbone")
-HEAD_INIT_CHOICES = ("auto", "imprint", "random")
 LAYOUT_TOLERANCE_UM = 0.5
 
 
