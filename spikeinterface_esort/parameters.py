@@ -17,6 +17,10 @@ TRAINING_DTYPES = ("float32", "bfloat16", "auto")
 FILTER_METHODS = ("fft", "sosfiltfilt")
 FREEZE_CHOICES = ("auto", "none", "temporal", "backbone")  # resolved by transfer.resolve_freeze
 HEAD_INIT_CHOICES = ("auto", "imprint", "random")  # resolved by transfer.imprints_head
+# epochs='auto' (resolved by transfer.resolve_epochs): a head imprinted from a whole transferred backbone starts near its
+# answer and needs half the epochs of a network whose head (or more) starts at random (docs/defaults.md)
+AUTO_EPOCHS_IMPRINTED = 3
+AUTO_EPOCHS = 6
 
 STEPS = ("preprocessing", "annotation", "network", "training", "inference", "postprocessing", "general")
 
@@ -171,11 +175,12 @@ PARAMETERS: tuple[Parameter, ...] = (
               "at 384 channels and 100 um each feature reads 43-62 of the 384 channels (docs/speed.md). None: every "
               "feature reads every channel, as published.", minimum=0.0, exclusive=True),
     # training
-    Parameter("pretrained_weights", None, (str, None), "training",
+    Parameter("pretrained_weights", "auto", (str, None), "training",
               "Start from a pretrained backbone (transfer learning): 'auto' (the shipped backbone of the same "
               "probe layout and sampling rate, else the closest: its temporal filters transfer to any probe), a "
               "shipped name (see pretrained/), a path to a backbone .pt (with its .json card) or to an esort "
-              "model / sorter output folder; None trains from scratch. The log lists what was transferred."),
+              "model / sorter output folder; None trains from scratch. The log lists what was transferred "
+              "(docs/transfer-learning.md)."),
     Parameter("freeze_layers", "auto", (str,), "training",
               "Layers not updated while training from pretrained_weights: 'none', 'temporal' (the two "
               "temporal filters), 'backbone' (all but the new head) or 'auto' ('backbone' for few-shot training, "
@@ -220,9 +225,11 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("validation_fraction", 0.2, (float,), "training",
               "Fraction at the end of each piece of the training window held out for early stopping, threshold "
               "choice and the validation report.", minimum=0.0, maximum=0.9, exclusive=True),
-    Parameter("epochs", 6, (int,), "training",
+    Parameter("epochs", "auto", (int, str), "training",
               "Maximum number of training epochs, each of spikes_per_epoch annotated spikes (the paper: 50 epochs "
-              "of every spike; docs/defaults.md).", minimum=1),
+              f"of every spike). 'auto': {AUTO_EPOCHS_IMPRINTED} when the head starts imprinted from a whole "
+              "transferred backbone (pretrained_weights of the recording's probe layout) and the whole window is "
+              f"annotated, else {AUTO_EPOCHS} (docs/defaults.md).", minimum=1, choices=("auto",)),
     Parameter("patience", 3, (int,), "training",
               "Stop when the validation loss has not improved for this many epochs.", minimum=1),
     Parameter("learning_rate", 0.005, (float,), "training", "Adam learning rate.",
@@ -281,12 +288,12 @@ PARAMETERS: tuple[Parameter, ...] = (
 PARAMETERS_BY_NAME = {p.name: p for p in PARAMETERS}
 
 # The exact published path (Han & Wang 2024, as this implementation follows it): every feature reads every channel,
-# float32 throughout, the network at every sample, every annotated spike in every one of up to 30 epochs, in batches of
-# 1024 windows.
+# float32 throughout, the network at every sample, from scratch, every annotated spike in every one of up to 30 epochs,
+# in batches of 1024 windows.
 # run_sorter("esort", recording, **PUBLISHED_PARAMS) takes it; docs/defaults.md compares it with the defaults.
 PUBLISHED_PARAMS = dict(
-    spatial_radius_um=None, training_dtype="float32", inference_dtype="float32", inference_stride=1,
-    epochs=30, patience=5, batch_size=1024, spikes_per_epoch=None, unit_balance=0.0, annotation_curation=None,
+    pretrained_weights=None, spatial_radius_um=None, training_dtype="float32", inference_dtype="float32",
+    inference_stride=1, epochs=30, patience=5, batch_size=1024, spikes_per_epoch=None, unit_balance=0.0, annotation_curation=None,
 )
 
 

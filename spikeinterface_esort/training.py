@@ -422,7 +422,7 @@ def fit_network(
 ) -> tuple[ESortNetwork, dict]:
     """A new network for the traces' channels and the annotated units, initialised from ``seed`` (and from
     ``backbone`` where its layers transfer, see ``transfer``), with ``freeze_layers`` frozen, and trained."""
-    from .transfer import freeze_layers, imprints_head, resolve_freeze, transfer_backbone
+    from .transfer import freeze_layers, imprints_head, resolve_epochs, resolve_freeze, transfer_backbone
 
     torch.manual_seed(params["seed"])
     network = ESortNetwork(
@@ -459,6 +459,12 @@ def fit_network(
         units = imprint_head(network, traces, train_sampler, params, device)
         logger.info("training: head imprinted from the backbone's features of %d of %d units' annotated windows",
                     units, annotations.num_units)
+    epochs = resolve_epochs(params["epochs"], imprinted, few_shot=k is not None)
+    if epochs != params["epochs"]:
+        logger.info("training: epochs auto -> %d (%s)", epochs,
+                    "head imprinted from a whole transferred backbone" if imprinted and k is None else
+                    "few-shot training" if imprinted else "head trained from random weights")
+        params = dict(params, epochs=epochs)
     augmentation = None
     max_shift = drift_augmentation_range(params["drift_augmentation_um"], channel_locations)
     if max_shift >= 1.0:
@@ -472,4 +478,5 @@ def fit_network(
     history["transfer"] = transfer
     history["frozen_layers"] = frozen
     history["head_imprinted"] = imprinted
+    history["epochs"] = epochs
     return network, history

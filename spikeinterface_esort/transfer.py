@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .network import ESortNetwork
-from .parameters import FREEZE_CHOICES, HEAD_INIT_CHOICES
+from .parameters import AUTO_EPOCHS, AUTO_EPOCHS_IMPRINTED, FREEZE_CHOICES, HEAD_INIT_CHOICES
 
 logger = logging.getLogger("spikeinterface_esort")
 
@@ -316,6 +316,14 @@ def imprints_head(head_init: str, transfer: dict | None) -> bool:
     if head_init != "auto":
         return head_init == "imprint"
     return transferred_whole(transfer)
+
+
+def resolve_epochs(epochs: int | str, imprinted: bool, few_shot: bool) -> int:
+    """``epochs`` with 'auto' resolved: ``AUTO_EPOCHS_IMPRINTED`` when the head starts imprinted (``imprints_head``)
+    and the whole window is annotated (not few-shot), else ``AUTO_EPOCHS``."""
+    if epochs != "auto":
+        return int(epochs)
+    return AUTO_EPOCHS_IMPRINTED if imprinted and not few_shot else AUTO_EPOCHS
 
 
 def freeze_layers(network: ESortNetwork, freeze: str) -> list[str]:

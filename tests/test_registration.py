@@ -39,7 +39,8 @@ def test_unknown_parameter_is_refused_by_spikeinterface(small_recording, tmp_pat
 @pytest.mark.parametrize(
     "bad, message",
     [
-        (dict(epochs="ten"), "'epochs' must be int"),
+        (dict(epochs="ten"), "'epochs' must be one of 'auto', got 'ten'"),
+        (dict(epochs=2.5), "'epochs' must be int or str"),
         (dict(learning_rate=-1.0), "'learning_rate' must be in"),
         (dict(detection_threshold=1.5), "'detection_threshold' must be in"),
         (dict(detection_threshold="best"), "'detection_threshold' must be one of"),

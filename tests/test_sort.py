@@ -33,6 +33,10 @@ def test_sort_with_ground_truth_annotations_of_the_first_half(ground_truth_recor
     assert well_detected >= 9, perf
     assert mean_accuracy >= 0.87, perf
     assert list(sorting.unit_ids) == list(ground_truth.unit_ids)
+    # the defaults start from the shipped backbone of this probe's layout, head imprinted, for 3 epochs
+    text = (folder / "sorter_output" / "esort.log").read_text()
+    assert "chose the shipped backbone grid-32ch-30khz (same contact positions as the recording" in text
+    assert "training: epochs auto -> 3 (head imprinted from a whole transferred backbone)" in text
 
     # everything a user needs is in the sorter folder, and SpikeInterface reads it back
     output = folder / "sorter_output"

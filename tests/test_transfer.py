@@ -12,7 +12,7 @@ from spikeinterface_esort.model import ESortModel
 from spikeinterface_esort.network import ESortNetwork
 from spikeinterface_esort.parameters import default_params
 from spikeinterface_esort.transfer import (
-    layout_order, load_backbone, pretrained_folder, resolve_backbone, transfer_backbone,
+    layout_order, load_backbone, pretrained_folder, resolve_backbone, resolve_epochs, transfer_backbone,
 )
 
 
@@ -134,7 +134,7 @@ def test_few_shot_training_uses_only_the_first_k_spikes_of_each_unit(small_recor
     assert ((thresholds > 0) & (thresholds < 1)).all() and not np.allclose(thresholds, 0.5)  # chosen per unit
     log = (tmp_path / "out" / "sorter_output" / "esort.log").read_text()
     assert "(first 5 per unit)" in log and "few-shot thresholds of" in log
-    assert "frozen layers" not in log  # from scratch: 'auto' freezes nothing
+    assert "frozen layers" not in log  # only the temporal filters transferred: 'auto' freezes nothing
 
 
 def test_pretrain_command_writes_a_backbone_the_sorter_can_load(tmp_path):
@@ -268,6 +268,22 @@ def test_a_head_imprinted_on_the_shipped_backbone_sorts_after_one_epoch(ground_t
         log = (folder / "sorter_output" / "esort.log").read_text()
         assert ("training: head imprinted from the backbone's features of 10 of 10 units" in log) == (head_init == "auto")
     assert accuracy["auto"] >= 0.65 and accuracy["auto"] >= accuracy["random"] + 0.2, accuracy  # measured 0.750, 0.367
+
+
+def test_epochs_auto_halves_the_budget_only_for_a_head_imprinted_on_the_whole_window():
+    from spikeinterface_esort import PUBLISHED_PARAMS
+    from spikeinterface_esort.parameters import validate_params
+
+    assert default_params()["epochs"] == "auto" and default_params()["pretrained_weights"] == "auto"
+    assert resolve_epochs("auto", imprinted=True, few_shot=False) == 3
+    assert resolve_epochs("auto", imprinted=False, few_shot=False) == 6
+    assert resolve_epochs("auto", imprinted=True, few_shot=True) == 6  # few shots: the budget they were measured with
+    assert resolve_epochs(10, imprinted=True, few_shot=False) == 10  # a number is kept as given
+    assert PUBLISHED_PARAMS["pretrained_weights"] is None  # the published path trains from scratch
+    with pytest.raises(ValueError, match="'epochs' must be one of 'auto'"):
+        validate_params(dict(epochs="all"))
+    with pytest.raises(ValueError, match="'epochs' must be in"):
+        validate_params(dict(epochs=0))
 
 
 def test_head_init_auto_imprints_only_on_a_whole_backbone(small_recording, tmp_path):
