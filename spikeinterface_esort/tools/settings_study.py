@@ -14,7 +14,8 @@ teacher instead (run once per preset on the annotation window, saved and shared,
 its teacher's units unless the candidate sets ``annotation_curation``), as a user without ground truth would.
 ``--teacher-windows`` adds rows for the annotation window instead: esort with its defaults and the default teacher
 on windows of the given lengths, on the ``long`` preset, scored after the longest window.
-Written to ``folder``: ``settings.csv`` and ``settings.md``.
+``long``'s first ``--long-duration`` seconds are another recording: they keep their own teacher run and runs
+(``long/teacher_annotations_<L>s``, ``long/runs_<L>s``). Written to ``folder``: ``settings.csv`` and ``settings.md``.
 """
 
 from __future__ import annotations
@@ -157,10 +158,13 @@ def settings_study(folder: Path, presets: list[str], candidates: list[str], long
     rows = []
     for preset in presets:
         data, description = preset_recording(preset, folder, long_duration_s)
+        # `long`'s first long_duration_s is another recording, with another window: its own teacher run and runs
+        suffix = f"_{long_duration_s:g}s" if preset == "long" and long_duration_s else ""
         source = str(data.truth_folder)
         if teacher:
             print(f"{preset}: {default_params()['annotation_sorter']} on the annotation window ...", flush=True)
-            annotation_folder, teacher_s = teacher_annotations(data, folder / preset / "teacher_annotations", n_jobs)
+            annotation_folder, teacher_s = teacher_annotations(data, folder / preset / f"teacher_annotations{suffix}",
+                                                               n_jobs)
             source = str(annotation_folder)
             print(f"  {teacher_s:.1f} s", flush=True)
         reference = None
@@ -170,7 +174,7 @@ def settings_study(folder: Path, presets: list[str], candidates: list[str], long
                 params["annotation_curation"] = resolve_annotation_curation(dict(default_params(), **params))
             name = re.sub(r"[^\w.-]+", "_", candidate.replace("=", "_").replace(",", "__")).strip("_")
             name += "_teacher" if teacher else ""
-            sorter_folder = folder / preset / "runs" / name
+            sorter_folder = folder / preset / f"runs{suffix}" / name
             print(f"{preset}: esort {candidate}{' (teacher annotations)' if teacher else ''} ...", flush=True)
             sorting, scores, performance = sort_or_reuse(
                 sorter_folder, data, annotation_sorting_path=source, **data.esort_window_params(),
